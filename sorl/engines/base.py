@@ -1,0 +1,43 @@
+"""The RolloutEngine interface: sampling completions from the current policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    greedy: bool = False
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # generated ids only; ends with EOS when finish_reason == "stop"
+    text: str  # decoded without special tokens
+    finish_reason: Literal["stop", "length"]
+    logprobs: list[float] | None = None  # the engine's logprob of each sampled token, when asked
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Called once before the first ``generate`` with the policy being trained."""
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        generator: torch.Generator | None = None,
+    ) -> list[list[Completion]]:
+        """``n`` completions for each prompt, in prompt order."""
+
+    def sync_weights(self, policy: PreTrainedModel) -> None:
+        """Make the engine sample from ``policy``'s current weights."""
