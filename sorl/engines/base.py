@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -35,9 +34,9 @@ class RolloutEngine(Protocol):
         prompt_ids: list[list[int]],
         n: int,
         sampling: SamplingParams,
-        generator: torch.Generator | None = None,
+        seed: int | None = None,
     ) -> list[list[Completion]]:
-        """``n`` completions for each prompt, in prompt order."""
+        """``n`` completions for each prompt, in prompt order; the same seed gives the same samples."""
 
     def sync_weights(self, policy: PreTrainedModel) -> None:
         """Make the engine sample from ``policy``'s current weights."""
