@@ -6,7 +6,6 @@ A task is any object with these methods; implement it in your own package and na
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -29,13 +28,13 @@ class CritiqueExample:
 
 @runtime_checkable
 class Task(Protocol):
-    def train_questions(self) -> Sequence[Question]:
+    def train_questions(self) -> list[Question]:
         """The training pool; the DataModule draws each round's questions from it."""
 
-    def eval_questions(self) -> Sequence[Question]:
+    def eval_questions(self) -> list[Question]:
         """Held-out questions for generation accuracy; disjoint from ``train_questions``."""
 
-    def critique_eval_set(self) -> Sequence[CritiqueExample]:
+    def critique_eval_set(self) -> list[CritiqueExample]:
         """A label-balanced critique set whose responses do not come from the trained policy."""
 
     def answer_prompt(self, question: Question) -> str: ...

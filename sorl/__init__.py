@@ -1,0 +1,28 @@
+"""sorl: second-order rollout RL (GC-RL) for reasoning LLMs on PyTorch Lightning."""
+
+from sorl.callbacks import Evaluation, LabelBalancing, RolloutCallback
+from sorl.data import RolloutDataModule
+from sorl.engines import HFEngine, RolloutEngine, SamplingParams
+from sorl.loss import GRPOLoss, group_advantages
+from sorl.module import GCRLModule
+from sorl.sft import SFTDataModule, SFTModule
+from sorl.tasks import ArithmeticTask, CritiqueExample, Question, Task
+
+__all__ = [
+    "ArithmeticTask",
+    "CritiqueExample",
+    "Evaluation",
+    "GCRLModule",
+    "GRPOLoss",
+    "HFEngine",
+    "LabelBalancing",
+    "Question",
+    "RolloutCallback",
+    "RolloutDataModule",
+    "RolloutEngine",
+    "SFTDataModule",
+    "SFTModule",
+    "SamplingParams",
+    "Task",
+    "group_advantages",
+]

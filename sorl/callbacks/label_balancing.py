@@ -1,0 +1,75 @@
+"""LabelBalancing: the paper's filter that keeps critique data label-balanced."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+from lightning.pytorch import Trainer
+
+from sorl.callbacks.base import RolloutCallback
+from sorl.tasks.base import CritiqueExample
+
+
+class LabelBalancing(RolloutCallback):
+    """Keeps critique data label-balanced before it enters the question-response cache.
+
+    With ``per_question`` (the paper's filter), each question whose responses hold both labels
+    gives ``pairs_per_label`` right and ``pairs_per_label`` wrong (question, response) pairs, and
+    questions with one label are dropped. ``target_right_share`` then subsamples the pairs to that
+    global share of right responses (useful with ``per_question=False``).
+
+    Wrong responses usually outnumber right ones, and an unbalanced critique set biases the critic
+    towards ``wrong`` (the paper's first finding). Randomness is seeded per round and rank.
+    """
+
+    def __init__(
+        self,
+        per_question: bool = True,
+        pairs_per_label: int = 1,
+        target_right_share: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        if pairs_per_label < 1:
+            raise ValueError(f"pairs_per_label must be >= 1, got {pairs_per_label}")
+        if target_right_share is not None and not 0.0 < target_right_share < 1.0:
+            raise ValueError(f"target_right_share must be in (0, 1), got {target_right_share}")
+        self.per_question = per_question
+        self.pairs_per_label = pairs_per_label
+        self.target_right_share = target_right_share
+        self.seed = seed
+
+    def on_cache_update(self, trainer: Trainer, datamodule: Any, round: Any) -> None:
+        rng = random.Random(self.seed * 1_000_003 + round.index * 7_919 + trainer.global_rank)
+        pairs = round.candidates
+        if self.per_question:
+            pairs = balance_per_question(pairs, self.pairs_per_label, rng)
+        if self.target_right_share is not None:
+            pairs = subsample_to_share(pairs, self.target_right_share, rng)
+        round.candidates = pairs
+
+
+def balance_per_question(
+    pairs: list[CritiqueExample], pairs_per_label: int, rng: random.Random
+) -> list[CritiqueExample]:
+    """Up to ``pairs_per_label`` right and as many wrong pairs from each question that has both."""
+    by_question: dict[str, tuple[list[CritiqueExample], list[CritiqueExample]]] = defaultdict(lambda: ([], []))
+    for pair in pairs:
+        by_question[pair.question.id][0 if pair.is_right else 1].append(pair)
+    kept: list[CritiqueExample] = []
+    for right, wrong in by_question.values():
+        if right and wrong:
+            count = min(pairs_per_label, len(right), len(wrong))
+            kept += rng.sample(right, count) + rng.sample(wrong, count)
+    return kept
+
+
+def subsample_to_share(pairs: list[CritiqueExample], target_right_share: float, rng: random.Random) -> list[CritiqueExample]:
+    """The largest random subset of ``pairs`` whose share of right responses is the target."""
+    right = [p for p in pairs if p.is_right]
+    wrong = [p for p in pairs if not p.is_right]
+    keep_right = min(len(right), int(len(wrong) * target_right_share / (1 - target_right_share)))
+    keep_wrong = min(len(wrong), int(len(right) * (1 - target_right_share) / target_right_share))
+    chosen = set(map(id, rng.sample(right, keep_right) + rng.sample(wrong, keep_wrong)))
+    return [p for p in pairs if id(p) in chosen]

@@ -1,0 +1,456 @@
+"""RolloutDataModule: builds each round's training data from the current policy.
+
+One round is one Lightning epoch. ``train_dataloader()`` (reloaded every epoch) runs:
+first-order rollout -> verification -> question-response cache -> second-order rollout ->
+critique rewards -> rollout callbacks -> group advantages -> micro-batches of token ids.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm.auto import tqdm
+
+from sorl.callbacks.base import rollout_callbacks
+from sorl.engines.base import Completion, RolloutEngine, SamplingParams
+from sorl.engines.hf import HFEngine, left_pad
+from sorl.loss import group_advantages
+from sorl.rewards import critique_reward
+from sorl.tasks.base import CritiqueExample, Question, Task
+
+Kind = Literal["answer", "critique"]
+
+
+@dataclass
+class Sample:
+    """One sampled completion with its reward; ``pair`` is the critiqued pair for critiques."""
+
+    kind: Kind
+    group: int  # samples of one group share a prompt: advantages are relative within it
+    question: Question
+    prompt_ids: list[int]
+    completion: Completion
+    reward: float = 0.0
+    advantage: float = 0.0
+    pair: CritiqueExample | None = None
+    verdict: bool | None = None  # for critiques: True if it judges the response right
+
+
+@dataclass
+class Round:
+    """Everything one round produced; rollout callbacks read and change it in place."""
+
+    index: int
+    questions: list[Question]
+    answers: list[Sample] = field(default_factory=list)
+    candidates: list[CritiqueExample] = field(default_factory=list)
+    critique_pairs: list[CritiqueExample] = field(default_factory=list)
+    critiques: list[Sample] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # extra values to log, mean over ranks
+
+
+class RoundBatches(IterableDataset):
+    """A round's pre-built micro-batches. Iterable so Lightning adds no distributed sampler:
+    each rank already holds its own shard."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class RolloutDataModule(LightningDataModule):
+    """Generates first- and second-order rollouts each epoch with the policy of the LightningModule.
+
+    The LightningModule must expose ``policy`` (a transformers causal LM), ``tokenizer``, ``mode``
+    (``g_rl``, ``c_rl`` or ``gc_rl``) and ``loss`` (a :class:`~sorl.loss.GRPOLoss`), as
+    :class:`~sorl.module.GCRLModule` does. Needs ``Trainer(reload_dataloaders_every_n_epochs=1)``.
+
+    Args:
+        task: questions, prompts and verifier.
+        engine: samples completions; defaults to :class:`~sorl.engines.HFEngine`.
+        questions_per_round: questions each rank answers per round.
+        responses_per_question: k, first-order samples per question.
+        critique_pairs_per_round: P, (question, response) pairs drawn from the cache per rank and round.
+        critiques_per_response: m, second-order samples per pair.
+        cache_size: bound of the question-response cache (oldest pairs leave first).
+        critique_data: ``dynamic`` refreshes the cache from each round's responses; ``static``
+            fills it from the first round's (initial policy's) responses and keeps it.
+        temperature, top_p: sampling parameters of both rollouts (logprobs use the same temperature).
+        max_response_tokens, max_critique_tokens: generation bounds.
+        batch_size: samples per micro-batch (``Trainer(accumulate_grad_batches)`` groups them).
+        passes_per_round: optimizer passes over a round's data; > 1 computes ``old_logprobs``.
+        scale_rewards_by_std: divide advantages by the group's std (GRPO) or not (Dr. GRPO).
+        drop_zero_std_groups: drop groups whose rewards are all equal (DAPO's dynamic sampling).
+        mask_truncated: leave responses that hit the token bound out of the loss.
+        eval_samples: samples per evaluation question for mean accuracy (0: greedy only).
+        eval_max_questions: cap on evaluation questions and critique examples (None: all).
+        seed: seeds question order and sampling; rounds and ranks derive their own seeds.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        engine: RolloutEngine | None = None,
+        questions_per_round: int = 32,
+        responses_per_question: int = 8,
+        critique_pairs_per_round: int = 16,
+        critiques_per_response: int = 4,
+        cache_size: int = 256,
+        critique_data: Literal["dynamic", "static"] = "dynamic",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_response_tokens: int = 64,
+        max_critique_tokens: int = 96,
+        batch_size: int = 64,
+        passes_per_round: int = 1,
+        scale_rewards_by_std: bool = True,
+        drop_zero_std_groups: bool = False,
+        mask_truncated: bool = False,
+        eval_samples: int = 4,
+        eval_max_questions: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in [
+            ("questions_per_round", questions_per_round),
+            ("responses_per_question", responses_per_question),
+            ("critiques_per_response", critiques_per_response),
+            ("batch_size", batch_size),
+            ("passes_per_round", passes_per_round),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.task = task
+        self.engine = engine if engine is not None else HFEngine()
+        self.questions_per_round = questions_per_round
+        self.responses_per_question = responses_per_question
+        self.critique_pairs_per_round = critique_pairs_per_round
+        self.critiques_per_response = critiques_per_response
+        self.critique_data = critique_data
+        self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_response_tokens)
+        self.critique_sampling = SamplingParams(
+            temperature=temperature, top_p=top_p, max_new_tokens=max_critique_tokens
+        )
+        self.batch_size = batch_size
+        self.passes_per_round = passes_per_round
+        self.scale_rewards_by_std = scale_rewards_by_std
+        self.drop_zero_std_groups = drop_zero_std_groups
+        self.mask_truncated = mask_truncated
+        self.eval_samples = eval_samples
+        self.eval_max_questions = eval_max_questions
+        self.seed = seed
+        # State that a checkpoint carries (see state_dict).
+        self.round_index = 0
+        self.cache: deque[CritiqueExample] = deque(maxlen=cache_size)
+        self.cache_frozen = False
+        self._engine_ready = False
+        self.last_round: Round | None = None
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(
+                "RolloutDataModule generates new data every epoch: "
+                "set Trainer(reload_dataloaders_every_n_epochs=1)"
+            )
+        module = trainer.lightning_module
+        self.prepare_engine(module)
+        round_ = self.build_round(module.mode)
+        batches = self.make_batches(round_, module)
+        self.log_round(round_)
+        self.last_round = round_
+        self.round_index += 1
+        return DataLoader(RoundBatches(batches), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        """Evaluation items for this rank: batches of held-out questions and of critique examples."""
+        rank, world = self._rank_world()
+        questions = list(self.task.eval_questions())[: self.eval_max_questions][rank::world]
+        examples = list(self.task.critique_eval_set())[: self.eval_max_questions][rank::world]
+        size = max(1, self.batch_size)
+        items = [{"kind": "generation", "questions": questions[i : i + size]} for i in range(0, len(questions), size)]
+        items += [{"kind": "critique", "examples": examples[i : i + size]} for i in range(0, len(examples), size)]
+        return DataLoader(RoundBatches(items), batch_size=None, collate_fn=lambda item: item)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "round_index": self.round_index,
+            "cache": [
+                {"question": asdict(pair.question), "response": pair.response, "is_right": pair.is_right}
+                for pair in self.cache
+            ],
+            "cache_frozen": self.cache_frozen,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round_index = state["round_index"]
+        self.cache.clear()
+        for pair in state["cache"]:
+            self.cache.append(CritiqueExample(Question(**pair["question"]), pair["response"], pair["is_right"]))
+        self.cache_frozen = state["cache_frozen"]
+
+    # ------------------------------------------------------------------ the round
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, phase: int) -> list[list[Completion]]:
+        """``n`` completions for each prompt text, seeded by (seed, round, rank, phase)."""
+        tokenizer = self.trainer.lightning_module.tokenizer
+        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rank, _ = self._rank_world()
+        seed = (self.seed * 1_000_003 + self.round_index * 10_007 + rank * 101 + phase) % 2**31
+        return self.engine.generate(prompt_ids, n, sampling, seed=seed)
+
+    def build_round(self, mode: str) -> Round:
+        """Runs both rollouts and the callbacks' hooks; returns the scored round."""
+        trainer = self.trainer
+        tokenizer = trainer.lightning_module.tokenizer
+        callbacks = rollout_callbacks(trainer)
+        round_ = Round(self.round_index, self._round_questions())
+        phases = ["answers", "critiques"] if mode != "g_rl" else ["answers"]
+        progress = tqdm(
+            total=len(phases),
+            desc=f"Round {self.round_index}",
+            leave=False,
+            disable=not trainer.is_global_zero or trainer.progress_bar_callback is None,
+        )
+
+        # 1. First-order rollout and verification.
+        progress.set_postfix_str(f"{len(round_.questions)}x{self.responses_per_question} responses")
+        started = time.perf_counter()
+        prompts = [self.task.answer_prompt(q) for q in round_.questions]
+        completions = self.generate(prompts, self.responses_per_question, self.sampling, phase=0)
+        for group, (question, group_completions) in enumerate(zip(round_.questions, completions)):
+            prompt_ids = tokenizer(prompts[group], add_special_tokens=False)["input_ids"]
+            for completion in group_completions:
+                reward = self.task.verify(question, completion.text)
+                round_.answers.append(Sample("answer", group, question, prompt_ids, completion, reward))
+        round_.metrics["time/rollout"] = time.perf_counter() - started
+        for callback in callbacks:
+            callback.on_answers_scored(trainer, self, round_)
+        progress.update()
+
+        if mode != "g_rl":
+            # 2. Cache update (LabelBalancing filters here), 3. second-order rollout, 4. critique reward.
+            round_.candidates = [CritiqueExample(s.question, s.completion.text, s.reward >= 1.0) for s in round_.answers]
+            round_.metrics["rollout/label_ratio_before"] = _right_share(round_.candidates)
+            for callback in callbacks:
+                callback.on_cache_update(trainer, self, round_)
+            round_.metrics["rollout/label_ratio_after"] = _right_share(round_.candidates)
+            if not self.cache_frozen:
+                self.cache.extend(round_.candidates)
+                self.cache_frozen = self.critique_data == "static" and len(self.cache) > 0
+            progress.set_postfix_str(f"{self.critique_pairs_per_round}x{self.critiques_per_response} critiques")
+            started = time.perf_counter()
+            rng = random.Random(self.seed * 7_919 + self.round_index * 31 + self._rank_world()[0])
+            round_.critique_pairs = rng.sample(list(self.cache), min(self.critique_pairs_per_round, len(self.cache)))
+            if not round_.critique_pairs:
+                rank_zero_info(f"Round {self.round_index}: the critique cache is empty, no critiques this round")
+            prompts = [self.task.critique_prompt(p.question, p.response) for p in round_.critique_pairs]
+            completions = self.generate(prompts, self.critiques_per_response, self.critique_sampling, phase=1)
+            offset = len(round_.questions)  # critique groups come after answer groups
+            for index, (pair, group_completions) in enumerate(zip(round_.critique_pairs, completions)):
+                prompt_ids = tokenizer(prompts[index], add_special_tokens=False)["input_ids"]
+                for completion in group_completions:
+                    verdict = self.task.parse_verdict(completion.text)
+                    reward = critique_reward(verdict, pair.is_right)
+                    round_.critiques.append(
+                        Sample("critique", offset + index, pair.question, prompt_ids, completion, reward, pair=pair, verdict=verdict)
+                    )
+            round_.metrics["time/critique_rollout"] = time.perf_counter() - started
+            for callback in callbacks:
+                callback.on_critiques_scored(trainer, self, round_)
+            progress.update()
+        progress.close()
+
+        # 5. Group-relative advantages, per kind.
+        for kind, samples in (("answer", round_.answers), ("critique", round_.critiques)):
+            if not samples:
+                continue
+            rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+            groups = torch.tensor([s.group for s in samples])
+            advantages, zero_std = group_advantages(rewards, groups, scale_by_std=self.scale_rewards_by_std)
+            for sample, advantage in zip(samples, advantages.tolist()):
+                sample.advantage = advantage
+            zero_std_groups = {g for g, z in zip(groups.tolist(), zero_std.tolist()) if z}
+            round_.metrics[f"rollout/frac_zero_std_{kind}"] = len(zero_std_groups) / len(set(groups.tolist()))
+        return round_
+
+    def training_samples(self, round_: Round, mode: str) -> list[Sample]:
+        samples = (round_.answers if mode in ("g_rl", "gc_rl") else []) + (
+            round_.critiques if mode in ("c_rl", "gc_rl") else []
+        )
+        if self.drop_zero_std_groups:
+            samples = [s for s in samples if s.advantage != 0.0]
+        return samples
+
+    def make_batches(self, round_: Round, module: Any) -> list[dict[str, Any]]:
+        """Micro-batches for this round, the same count on every rank, with step normalizers.
+
+        ``step_tokens`` / ``step_sequences`` are the global counts of the optimizer step a
+        micro-batch belongs to, divided by (accumulation x world size): a loss summed over the
+        micro-batch and divided by it gives the step's global mean once Lightning scales by
+        1/accumulation and DDP averages over ranks.
+        """
+        trainer = self.trainer
+        accumulation = trainer.accumulate_grad_batches
+        rank, world = self._rank_world()
+        samples = self.training_samples(round_, module.mode)
+        rng = random.Random(self.seed * 104_729 + self.round_index * 131 + rank)
+        rng.shuffle(samples)
+        pad_id = module.tokenizer.pad_token_id
+        batches = [
+            collate(samples[i : i + self.batch_size], pad_id, round_.index, self.sampling.temperature, self.mask_truncated)
+            for i in range(0, len(samples), self.batch_size)
+        ]
+        # Every rank runs the same number of whole optimizer steps, or DDP waits forever.
+        steps = -(-len(batches) // accumulation)
+        steps = int(self._reduce(torch.tensor(float(steps)), "max").item())
+        steps = max(steps, 1)
+        while len(batches) < steps * accumulation:
+            batches.append(empty_batch(pad_id, round_.index, self.sampling.temperature))
+        counts = torch.tensor(
+            [[b["completion_mask"].sum().item(), (b["completion_mask"].sum(-1) > 0).sum().item()] for b in batches]
+        ).view(steps, accumulation, 2).sum(1)
+        counts = self._reduce(counts, "sum") / (accumulation * world)
+        for index, batch in enumerate(batches):
+            batch["step_tokens"] = counts[index // accumulation, 0].clamp(min=1e-8)
+            batch["step_sequences"] = counts[index // accumulation, 1].clamp(min=1e-8)
+        if self.passes_per_round > 1:
+            with torch.no_grad():
+                for batch in batches:
+                    batch["old_logprobs"] = module.completion_logprobs(batch)[0].detach()
+        steps_of_batches = [batches[s * accumulation : (s + 1) * accumulation] for s in range(steps)]
+        schedule = list(batches)
+        for _ in range(self.passes_per_round - 1):
+            rng.shuffle(steps_of_batches)
+            schedule += [batch for step in steps_of_batches for batch in step]
+        return schedule
+
+    def log_round(self, round_: Round) -> None:
+        """Round statistics (reduced over ranks) and text samples to the Trainer's loggers."""
+        trainer = self.trainer
+        answers, critiques = round_.answers, round_.critiques
+        completions = [s.completion for s in answers + critiques]
+        sums = {
+            "rollout/answer_reward": (sum(s.reward for s in answers), len(answers)),
+            "rollout/response_len": (sum(len(s.completion.token_ids) for s in answers), len(answers)),
+            "rollout/truncated": (sum(c.finish_reason == "length" for c in completions), len(completions)),
+        }
+        if critiques:
+            sums["rollout/critique_reward"] = (sum(s.reward for s in critiques), len(critiques))
+            sums["rollout/critique_len"] = (sum(len(s.completion.token_ids) for s in critiques), len(critiques))
+            sums["rollout/verdict_parse_failures"] = (sum(s.verdict is None for s in critiques), len(critiques))
+        metrics = {}
+        for name, (total, count) in sums.items():
+            reduced = self._reduce(torch.tensor([float(total), float(count)]), "sum")
+            metrics[name] = (reduced[0] / reduced[1].clamp(min=1)).item()
+        for name, value in sorted(round_.metrics.items()):
+            metrics[name] = self._reduce(torch.tensor(float(value)), "mean").item()
+        metrics["rollout/cache_size"] = float(len(self.cache))
+        metrics["rollout/round"] = float(round_.index)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                for kind, samples in (("response", answers), ("critique", critiques)):
+                    if samples:
+                        s = samples[0]
+                        text = f"**reward {s.reward:.2f}**\n\n    {s.question.text}\n    {s.completion.text}"
+                        logger.experiment.add_text(f"samples/{kind}", text, global_step=trainer.global_step)
+        self.round_metrics = metrics
+
+    # ------------------------------------------------------------------ helpers
+    def prepare_engine(self, module: Any) -> None:
+        """Hands the policy to the engine once, and its current weights every call."""
+        if not self._engine_ready:
+            self.engine.setup(module.policy, module.tokenizer)
+            self._engine_ready = True
+        self.engine.sync_weights(module.policy)
+
+    def _round_questions(self) -> list[Question]:
+        """This rank's shard of the round's questions: no question twice in a round across ranks."""
+        pool = list(self.task.train_questions())
+        order = list(range(len(pool)))
+        random.Random(self.seed).shuffle(order)
+        rank, world = self._rank_world()
+        start = (self.round_index * world + rank) * self.questions_per_round
+        return [pool[order[(start + i) % len(pool)]] for i in range(self.questions_per_round)]
+
+    def _rank_world(self) -> tuple[int, int]:
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean", "max"]) -> torch.Tensor:
+        trainer = self.trainer
+        if trainer.world_size == 1:
+            return tensor
+        strategy = trainer.strategy
+        device_tensor = tensor.to(strategy.root_device)
+        if op == "max":
+            gathered = strategy.all_gather(device_tensor)
+            return gathered.max(dim=0).values.cpu()
+        return strategy.reduce(device_tensor, reduce_op=op).cpu()
+
+
+def collate(
+    samples: Sequence[Sample], pad_id: int, round_index: int, temperature: float, mask_truncated: bool
+) -> dict[str, Any]:
+    """Token ids of prompts (left-padded) followed by completions (right-padded), with masks.
+
+    Training uses the generated ids as they are, never re-tokenized text.
+    """
+    prompt_ids, prompt_mask = left_pad([s.prompt_ids for s in samples], pad_id)
+    width = max(1, max(len(s.completion.token_ids) for s in samples))
+    completion_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(samples), width), dtype=torch.float32)
+    for row, sample in enumerate(samples):
+        tokens = sample.completion.token_ids
+        completion_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        keep = not (mask_truncated and sample.completion.finish_reason == "length")
+        completion_mask[row, : len(tokens)] = float(keep)
+    return {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": torch.cat([prompt_mask, _lengths_mask(samples, width)], dim=1),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        "is_critique": torch.tensor([s.kind == "critique" for s in samples]),
+        "temperature": temperature,
+        "round": round_index,
+    }
+
+
+def _lengths_mask(samples: Sequence[Sample], width: int) -> torch.Tensor:
+    lengths = torch.tensor([len(s.completion.token_ids) for s in samples])
+    return (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def empty_batch(pad_id: int, round_index: int, temperature: float) -> dict[str, Any]:
+    """A batch that contributes nothing to the loss, to even out ranks' step counts."""
+    ids = torch.full((1, 2), pad_id, dtype=torch.long)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "completion_ids": ids[:, 1:],
+        "completion_mask": torch.zeros((1, 1)),
+        "advantages": torch.zeros(1),
+        "is_critique": torch.zeros(1, dtype=torch.bool),
+        "temperature": temperature,
+        "round": round_index,
+    }
+
+
+def _right_share(pairs: Sequence[CritiqueExample]) -> float:
+    return sum(p.is_right for p in pairs) / len(pairs) if pairs else 0.0

@@ -1,0 +1,4 @@
+from sorl.engines.base import Completion, RolloutEngine, SamplingParams
+from sorl.engines.hf import HFEngine
+
+__all__ = ["Completion", "HFEngine", "RolloutEngine", "SamplingParams"]

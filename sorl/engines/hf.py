@@ -1,0 +1,100 @@
+"""Rollouts with transformers ``generate``, sharing the policy's modules with training."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from sorl.engines.base import Completion, SamplingParams
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, both [B, max_len]."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def cut_at_eos(token_ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """Tokens up to and including the first EOS, and whether one was found."""
+    for index, token in enumerate(token_ids):
+        if token in eos_ids:
+            return token_ids[: index + 1], True
+    return token_ids, False
+
+
+class HFEngine:
+    """Batched sampling with ``model.generate`` (left padding, KV cache).
+
+    It samples from the very modules being trained, so ``sync_weights`` has nothing to do.
+    Top-k is off so that the sampling distribution is the one the loss differentiates.
+    """
+
+    def __init__(self, max_batch_rows: int = 512) -> None:
+        self.max_batch_rows = max_batch_rows  # prompts x samples per generate call, bounds memory
+        self.policy: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.policy, self.tokenizer = policy, tokenizer
+
+    def sync_weights(self, policy: PreTrainedModel) -> None:
+        self.policy = policy
+
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, seed: int | None = None
+    ) -> list[list[Completion]]:
+        if self.policy is None or self.tokenizer is None:
+            raise RuntimeError("HFEngine.setup(policy, tokenizer) must be called before generate")
+        policy, tokenizer = self.policy, self.tokenizer
+        eos_ids = {tokenizer.eos_token_id, *_as_list(policy.generation_config.eos_token_id)} - {None}
+        config = GenerationConfig(
+            do_sample=not sampling.greedy,
+            temperature=sampling.temperature if not sampling.greedy else None,
+            top_p=sampling.top_p if not sampling.greedy else None,
+            top_k=0 if not sampling.greedy else None,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=sorted(eos_ids),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        was_training = policy.training
+        policy.eval()
+        devices = [policy.device] if policy.device.type == "cuda" else []
+        results: list[list[Completion]] = []
+        prompts_per_call = max(1, self.max_batch_rows // n)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(prompt_ids), prompts_per_call):
+                    chunk = prompt_ids[start : start + prompts_per_call]
+                    ids, mask = left_pad(chunk, tokenizer.pad_token_id)
+                    out = policy.generate(
+                        input_ids=ids.to(policy.device),
+                        attention_mask=mask.to(policy.device),
+                        generation_config=config,
+                    )
+                    new_tokens = out[:, ids.shape[1] :].tolist()
+                    for p in range(len(chunk)):
+                        group = []
+                        for row in new_tokens[p * n : (p + 1) * n]:
+                            tokens, stopped = cut_at_eos(row, eos_ids)
+                            text = tokenizer.decode(tokens, skip_special_tokens=True)
+                            group.append(Completion(tokens, text, "stop" if stopped else "length"))
+                        results.append(group)
+        finally:
+            policy.train(was_training)
+        return results
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)

@@ -1,0 +1,212 @@
+"""GRPO-style policy-gradient loss, group-relative advantages and token log-probs (plain torch)."""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def group_advantages(
+    rewards: Tensor, group_ids: Tensor, scale_by_std: bool = True, eps: float = 1e-4
+) -> tuple[Tensor, Tensor]:
+    """Group-relative advantages ``(r - mean_g) / (std_g + eps)`` (or ``r - mean_g``).
+
+    ``std_g`` is the unbiased (Bessel) std, as ``torch.std`` and TRL use. Groups whose rewards
+    are all equal (single-sample groups included) get advantage exactly 0. Group ids may be any
+    longs, in any order.
+
+    Args:
+        rewards (Tensor): [N] rewards.
+        group_ids (Tensor): [N] long group id of each sample.
+        scale_by_std (bool): divide by the group std (Dr. GRPO sets this False).
+        eps (float): added to the std to bound the advantage when the std is tiny.
+
+    Returns:
+        tuple[Tensor, Tensor]: [N] advantages and [N] bool, True where the sample's group has
+        zero reward spread.
+    """
+    if rewards.shape != group_ids.shape or rewards.dim() != 1:
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal 1-D shapes"
+        )
+    rewards = rewards if rewards.is_floating_point() else rewards.float()
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N] -> dense ids 0..G-1
+    num_groups = int(inv.max()) + 1 if inv.numel() else 0
+    zeros = rewards.new_zeros(num_groups)
+    count = zeros.index_add(0, inv, torch.ones_like(rewards))  # [G]
+    mean = zeros.index_add(0, inv, rewards) / count  # [G]
+    centered = rewards - mean[inv]  # [N]
+    var = zeros.index_add(0, inv, centered.square()) / (count - 1).clamp(min=1)
+    std = var.sqrt()[inv]  # [N]
+    # Exact equality via min == max: the float mean of equal values can be off by an ulp.
+    gmax = zeros.scatter_reduce(0, inv, rewards, "amax", include_self=False)
+    gmin = zeros.scatter_reduce(0, inv, rewards, "amin", include_self=False)
+    zero_std = (gmax == gmin)[inv] | (std == 0)  # [N]
+    if scale_by_std:
+        # A safe denominator keeps the untaken branch finite (no NaN even with eps=0).
+        centered = centered / torch.where(zero_std, torch.ones_like(std), std + eps)
+    return torch.where(zero_std, torch.zeros_like(centered), centered), zero_std
+
+
+class GRPOLoss(nn.Module):
+    """Clipped policy-gradient loss (PPO/GRPO) with optional k3 KL penalty to a reference.
+
+    Per token: ``-min(r*A, clip(r, 1-eps_low, 1+eps_high)*A) + beta*KL_k3`` with
+    ``r = exp(logp - old_logp)``. Aggregations:
+
+    - ``token_mean``: sum over tokens / normalizer (default: masked tokens in the batch).
+    - ``seq_mean_token_mean``: per-sequence token mean, summed / normalizer.
+    - ``seq_mean_token_sum_norm`` (Dr. GRPO): per-sequence token sum / ``max_completion_length``,
+      summed / normalizer.
+
+    ``normalizer`` is the count of the thing being averaged (tokens for ``token_mean``, sequences
+    otherwise) that this batch's sum is divided by. It defaults to that count in this batch
+    (sequences with at least one masked token, for the sequence modes). Pass the count for the
+    whole optimizer step, across micro-batches and ranks, so that gradient accumulation and DDP
+    do not change the result.
+
+    Args:
+        eps_low (float): lower clip range, ratio floor is ``1 - eps_low``.
+        eps_high (float): upper clip range, ratio ceiling is ``1 + eps_high`` (DAPO clip-higher).
+        beta (float): KL coefficient; ``ref_logprobs`` is required when > 0.
+        aggregation (Aggregation): how token losses are reduced to a scalar.
+        max_completion_length (int | None): constant divisor for ``seq_mean_token_sum_norm``.
+    """
+
+    def __init__(
+        self,
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        beta: float = 0.0,
+        aggregation: Aggregation = "token_mean",
+        max_completion_length: int | None = None,
+    ):
+        super().__init__()
+        if not 0.0 <= eps_low < 1.0:
+            raise ValueError(f"eps_low must be in [0, 1), got {eps_low}")
+        if eps_high < 0.0:
+            raise ValueError(f"eps_high must be >= 0, got {eps_high}")
+        if beta < 0.0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if aggregation not in _AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
+        if aggregation == "seq_mean_token_sum_norm" and (max_completion_length is None or max_completion_length <= 0):
+            raise ValueError(
+                f"seq_mean_token_sum_norm requires a positive max_completion_length, got {max_completion_length}"
+            )
+        self.eps_low, self.eps_high, self.beta = eps_low, eps_high, beta
+        self.aggregation = aggregation
+        self.max_completion_length = max_completion_length
+
+    def forward(
+        self,
+        logprobs: Tensor,
+        old_logprobs: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        ref_logprobs: Tensor | None = None,
+        entropy: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """
+        Args:
+            logprobs (Tensor): [B, T] log-probs of the taken tokens under the current policy.
+            old_logprobs (Tensor): [B, T] log-probs under the sampling policy.
+            advantages (Tensor): [B] one advantage per sequence.
+            mask (Tensor): [B, T] bool or 0/1, True on completion tokens to train on.
+            ref_logprobs (Tensor | None): [B, T] reference log-probs, required when beta > 0.
+            entropy (Tensor | None): [B, T] per-token entropy, only reported.
+            normalizer (float | Tensor | None): see the class docstring.
+
+        Returns:
+            tuple[Tensor, dict[str, Tensor]]: scalar loss and detached diagnostics.
+        """
+        if advantages.shape != logprobs.shape[:1]:
+            raise ValueError(f"advantages must be [B]={tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
+        if self.beta > 0 and ref_logprobs is None:
+            raise ValueError("ref_logprobs is required when beta > 0")
+        mask = mask.bool()
+        zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+        # where() before exp: masked positions may hold inf/nan, and where's backward sends them
+        # exactly zero gradient, whereas multiplying by the mask afterwards gives 0 * nan = nan.
+        logp = torch.where(mask, logprobs, zero)  # [B, T]
+        log_ratio = logp - torch.where(mask, old_logprobs, zero)
+        ratio = torch.exp(log_ratio)  # [B, T]
+        adv = advantages[:, None]  # [B, 1]
+        pg = -torch.minimum(ratio * adv, ratio.clamp(1 - self.eps_low, 1 + self.eps_high) * adv)
+        per_token = pg
+        kl = None
+        if ref_logprobs is not None:
+            d = torch.where(mask, ref_logprobs, zero) - logp  # [B, T]
+            kl = torch.exp(d) - d - 1  # k3 estimator of KL(pi || ref), >= 0
+            if self.beta > 0:
+                per_token = pg + self.beta * kl
+        per_token = torch.where(mask, per_token, zero)  # [B, T]
+
+        tokens_per_seq = mask.sum(-1)  # [B]
+        num_tokens = tokens_per_seq.sum()
+        if self.aggregation == "token_mean":
+            total = per_token.sum()
+            default_norm = num_tokens
+        else:
+            seq_sum = per_token.sum(-1)  # [B]
+            if self.aggregation == "seq_mean_token_mean":
+                seq_loss = seq_sum / tokens_per_seq.clamp(min=1)
+            else:
+                seq_loss = seq_sum / self.max_completion_length
+            total = seq_loss.sum()
+            default_norm = (tokens_per_seq > 0).sum()
+        # clamp: an all-masked batch gives 0 / 1 = 0, still attached to the graph.
+        loss = total / (default_norm.clamp(min=1) if normalizer is None else normalizer)
+
+        with torch.no_grad():
+            n = num_tokens.clamp(min=1)
+            clipped = ((ratio < 1 - self.eps_low) & (adv < 0)) | ((ratio > 1 + self.eps_high) & (adv > 0))
+
+            def masked_mean(x: Tensor) -> Tensor:
+                return torch.where(mask, x, zero).sum() / n
+
+            has_tokens = num_tokens > 0  # empty batches report 0 rather than +-inf
+            stats = {
+                "clip_frac": masked_mean(clipped.to(ratio.dtype)),
+                "ratio_mean": masked_mean(ratio),
+                "ratio_max": torch.where(has_tokens, ratio.masked_fill(~mask, -torch.inf).amax(), zero),
+                "ratio_min": torch.where(has_tokens, ratio.masked_fill(~mask, torch.inf).amin(), zero),
+                "num_tokens": num_tokens,
+            }
+            if kl is not None:
+                stats["kl"] = masked_mean(kl)
+            if entropy is not None:
+                stats["entropy"] = masked_mean(entropy.to(ratio.dtype))
+        return loss, stats
+
+
+def sequence_logprobs_from_logits(
+    logits: Tensor, target_ids: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of ``target_ids`` under ``softmax(logits / temperature)``, and per-token entropy.
+
+    Dividing by the sampling temperature makes the log-probs match those of the sampler. Math is
+    in float32 whatever the input dtype. Memory: this materialises a float32 [B, T, V] copy of
+    the logits and a [B, T, V] log-softmax that autograd keeps for backward (~8*B*T*V bytes); the
+    entropy is computed under ``no_grad`` so its [B, T, V] intermediates are freed at once.
+
+    Args:
+        logits (Tensor): [B, T, V] logits aligned with ``target_ids`` (already shifted).
+        target_ids (Tensor): [B, T] long token ids.
+        temperature (float): sampling temperature, > 0.
+
+    Returns:
+        tuple[Tensor, Tensor]: [B, T] float32 log-probs (with grad) and [B, T] entropy (no grad).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)  # [B, T, V]
+    logprobs = logp_all.gather(-1, target_ids.long().unsqueeze(-1)).squeeze(-1)  # [B, T]
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T]
+    return logprobs, entropy

@@ -1,0 +1,222 @@
+"""GCRLModule: one policy trained on responses and critiques with one clipped policy-gradient loss."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
+
+from sorl.engines.base import SamplingParams
+from sorl.loss import GRPOLoss
+from sorl.policy import DType, completion_logprobs, load_policy, load_tokenizer
+
+Mode = Literal["g_rl", "c_rl", "gc_rl"]
+
+
+def export_policy(trainer: Any, policy: Any, tokenizer: Any, export_dir: str | None) -> Path:
+    """``save_pretrained`` of policy and tokenizer, by rank zero, to ``export_dir`` or ``<log_dir>/hf``."""
+    target = Path(export_dir) if export_dir else Path(trainer.log_dir or trainer.default_root_dir) / "hf"
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        policy.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        rank_zero_info(f"Exported the trained policy to {target}")
+    trainer.strategy.barrier()
+    return target
+
+
+class GCRLModule(LightningModule):
+    """Holds the policy (and a frozen reference when ``loss.beta > 0``) and the joint loss.
+
+    Pair it with :class:`~sorl.data.RolloutDataModule`, which builds each round's batches.
+
+    Args:
+        model: a local transformers causal-LM folder; ``None`` uses the embedded arithmetic policy.
+        model_config: build a fresh model from this config dict (``model_type`` required) instead.
+        tokenizer: tokenizer folder; defaults to ``model`` (or the embedded policy's).
+        mode: ``g_rl`` trains on responses only (GRPO), ``c_rl`` on critiques only, ``gc_rl`` on both.
+        loss: the policy-gradient loss; defaults to ``GRPOLoss()``.
+        optimizer, scheduler: callables taking parameters (and the optimizer), set from YAML.
+        dtype: parameter dtype of the policy.
+        trust_remote_code: allow code shipped with a model folder to run. Off unless you trust it.
+        gradient_checkpointing: trade compute for memory on large policies.
+        export_dir: where ``save_pretrained`` writes the trained policy at the end of fit;
+            ``None`` gives ``<log_dir>/hf``.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        mode: Mode = "gc_rl",
+        loss: GRPOLoss | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        dtype: DType = "float32",
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ("g_rl", "c_rl", "gc_rl"):
+            raise ValueError(f"mode must be g_rl, c_rl or gc_rl, got {mode!r}")
+        self.model_path = model
+        self.model_config = model_config
+        self.mode = mode
+        self.loss = loss if loss is not None else GRPOLoss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.dtype_name = dtype
+        self.trust_remote_code = trust_remote_code
+        self.gradient_checkpointing = gradient_checkpointing
+        self.export_dir = export_dir
+        self.tokenizer = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
+        self.policy: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None
+        # Evaluation metrics; "positive" = the critique says the response is wrong (error found).
+        self.eval_gen_acc = MeanMetric()
+        self.eval_gen_mean_acc = MeanMetric()
+        self.eval_crit_acc = BinaryAccuracy()
+        self.eval_crit_precision = BinaryPrecision()
+        self.eval_crit_recall = BinaryRecall()
+        self.eval_crit_f1 = BinaryF1Score()
+        self.eval_verdict_wrong_share = MeanMetric()
+        self.eval_verdict_parse_failures = MeanMetric()
+        self._epoch_started = 0.0
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+        self.policy = load_policy(self.model_path, self.model_config, self.dtype_name, self.trust_remote_code).train()
+        if self.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        if self.loss.beta > 0:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def completion_logprobs(self, batch: dict[str, Any], model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logprobs and entropy [B, C] of the batch's completion tokens under ``model`` (default: policy)."""
+        return completion_logprobs(
+            model if model is not None else self.policy,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["completion_ids"],
+            batch["temperature"],
+        )
+
+    # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logprobs, entropy = self.completion_logprobs(batch)
+        old_logprobs = batch.get("old_logprobs")
+        if old_logprobs is None:  # one pass over the round's data: the ratio is exactly 1
+            old_logprobs = logprobs.detach()
+        ref_logprobs = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logprobs = self.completion_logprobs(batch, self.reference)[0]
+        normalizer = batch["step_tokens"] if self.loss.aggregation == "token_mean" else batch["step_sequences"]
+        loss, diagnostics = self.loss(
+            logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer
+        )
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
+        for name, value in diagnostics.items():
+            if name != "num_tokens":
+                self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("time/train", time.perf_counter() - self._epoch_started)
+
+    def on_train_end(self) -> None:
+        export_policy(self.trainer, self.policy, self.tokenizer, self.export_dir)
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Generation accuracy on held-out questions, or critique verdicts on a balanced set."""
+        datamodule = self.trainer.datamodule
+        self.evaluate_batch(batch, datamodule.task, datamodule.engine, datamodule)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def evaluate_batch(self, batch: dict[str, Any], task: Any, engine: Any, datamodule: Any) -> None:
+        greedy = SamplingParams(greedy=True, max_new_tokens=datamodule.sampling.max_new_tokens)
+        if batch["kind"] == "generation":
+            questions = batch["questions"]
+            prompts = [self.tokenizer(task.answer_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+            outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
+            correct = torch.tensor([task.verify(q, out[0].text) for q, out in zip(questions, outputs)])
+            self.eval_gen_acc.update(correct.to(self.device))
+            if datamodule.eval_samples > 0:
+                outputs = engine.generate(prompts, datamodule.eval_samples, datamodule.sampling, seed=datamodule.seed)
+                sampled = torch.tensor([[task.verify(q, o.text) for o in out] for q, out in zip(questions, outputs)])
+                self.eval_gen_mean_acc.update(sampled.float().mean(1).to(self.device))
+            return
+        examples = batch["examples"]
+        greedy = SamplingParams(greedy=True, max_new_tokens=datamodule.critique_sampling.max_new_tokens)
+        prompts = [
+            self.tokenizer(task.critique_prompt(e.question, e.response), add_special_tokens=False)["input_ids"]
+            for e in examples
+        ]
+        outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
+        verdicts = [task.parse_verdict(out[0].text) for out in outputs]
+        target = torch.tensor([not e.is_right for e in examples], device=self.device)
+        # A critique without a verdict counts as a wrong prediction.
+        predicted = torch.tensor(
+            [(v is False) if v is not None else e.is_right for v, e in zip(verdicts, examples)], device=self.device
+        )
+        for metric in (self.eval_crit_acc, self.eval_crit_precision, self.eval_crit_recall, self.eval_crit_f1):
+            metric.update(predicted.long(), target.long())
+        self.eval_verdict_wrong_share.update(torch.tensor([v is False for v in verdicts], device=self.device).float())
+        self.eval_verdict_parse_failures.update(torch.tensor([v is None for v in verdicts], device=self.device).float())
+
+    def compute_eval_metrics(self) -> dict[str, float]:
+        """Computes (synchronised across ranks) and resets the evaluation metrics."""
+        metrics = {
+            "eval/gen_acc": self.eval_gen_acc,
+            "eval/gen_mean_acc": self.eval_gen_mean_acc,
+            "eval/crit_acc": self.eval_crit_acc,
+            "eval/crit_precision": self.eval_crit_precision,
+            "eval/crit_recall": self.eval_crit_recall,
+            "eval/crit_f1": self.eval_crit_f1,
+            "eval/verdict_wrong_share": self.eval_verdict_wrong_share,
+            "eval/verdict_parse_failures": self.eval_verdict_parse_failures,
+        }
+        values = {}
+        for name, metric in metrics.items():
+            if metric.update_count > 0:
+                values[name] = float(metric.compute())
+            metric.reset()
+        return values
+
+    def on_validation_epoch_start(self) -> None:
+        self.trainer.datamodule.prepare_engine(self)
+
+    def on_test_epoch_start(self) -> None:
+        self.trainer.datamodule.prepare_engine(self)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.compute_eval_metrics(), sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.compute_eval_metrics(), sync_dist=False)

@@ -1,0 +1,25 @@
+"""Generic parsing and rewards for untrusted model text."""
+
+from __future__ import annotations
+
+import re
+
+MAX_PARSE_CHARS = 4096  # text beyond this is ignored by every parser, bounding regex work
+
+
+def parse_verdict(text: str, right: str = "right", wrong: str = "wrong", prefix: str = "Verdict:") -> bool | None:
+    """The last ``<prefix><right|wrong>`` in ``text``: True for right, False for wrong, None if absent.
+
+    Up to 8 spaces or tabs may follow the prefix. Matching is case-sensitive and the word must end
+    at a word boundary, so ``Verdict:rightish`` is no verdict (the match before it, if any, counts).
+    """
+    pattern = re.escape(prefix) + r"[ \t]{0,8}(" + re.escape(right) + "|" + re.escape(wrong) + r")\b"
+    last = None
+    for match in re.finditer(pattern, text[:MAX_PARSE_CHARS]):
+        last = match.group(1)
+    return None if last is None else last == right
+
+
+def critique_reward(verdict: bool | None, is_right: bool) -> float:
+    """1 when the verdict matches the verifier's label; a missing verdict earns 0."""
+    return 1.0 if verdict is not None and verdict == is_right else 0.0
