@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,9 @@ from sorl.rewards import critique_reward
 from sorl.tasks.base import CritiqueExample, Question, Task
 
 Kind = Literal["answer", "critique"]
+
+# RoundBatches has an exact length (one process builds it); Lightning warns for any such dataset.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 @dataclass
@@ -187,6 +191,11 @@ class RolloutDataModule(LightningDataModule):
         items = [{"kind": "generation", "questions": questions[i : i + size]} for i in range(0, len(questions), size)]
         items += [{"kind": "critique", "examples": examples[i : i + size]} for i in range(0, len(examples), size)]
         return DataLoader(RoundBatches(items), batch_size=None, collate_fn=lambda item: item)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if "kind" in batch:  # evaluation items hold questions, not tensors
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -17,8 +17,10 @@ from sorl.tokenizer import build_char_tokenizer
 
 
 class DemonstrationTask(Protocol):
-    def sft_examples(self, num: int, seed: int) -> list[tuple[str, str]]:
-        """(prompt, target) pairs: solutions, critiques and refinements."""
+    def sft_examples(
+        self, num: int, seed: int, critique_share: float = 0.5, refinement_share: float = 0.1
+    ) -> list[tuple[str, str]]:
+        """(prompt, target) pairs: critiques and refinements in these shares, solutions for the rest."""
 
 
 class SFTModule(LightningModule):
@@ -95,6 +97,7 @@ class SFTDataModule(LightningDataModule):
         task: makes demonstrations (e.g. :class:`~sorl.tasks.ArithmeticTask`); used when no file.
         examples_file: JSONL with ``prompt`` and ``target`` fields per line.
         num_examples: demonstrations drawn from ``task``.
+        critique_share, refinement_share: shares of critique and refinement demonstrations.
         batch_size, max_length: batch shape; longer examples are truncated from the right.
         seed: demonstration and shuffling seed.
     """
@@ -104,6 +107,8 @@ class SFTDataModule(LightningDataModule):
         task: DemonstrationTask | None = None,
         examples_file: str | None = None,
         num_examples: int = 20000,
+        critique_share: float = 0.5,
+        refinement_share: float = 0.1,
         batch_size: int = 64,
         max_length: int = 256,
         seed: int = 0,
@@ -114,6 +119,8 @@ class SFTDataModule(LightningDataModule):
         self.task = task
         self.examples_file = examples_file
         self.num_examples = num_examples
+        self.critique_share = critique_share
+        self.refinement_share = refinement_share
         self.batch_size = batch_size
         self.max_length = max_length
         self.seed = seed
@@ -125,7 +132,9 @@ class SFTDataModule(LightningDataModule):
         if self.examples_file is not None:
             self.examples = read_examples(self.examples_file)
         else:
-            self.examples = self.task.sft_examples(self.num_examples, self.seed)
+            self.examples = self.task.sft_examples(
+                self.num_examples, self.seed, self.critique_share, self.refinement_share
+            )
 
     def train_dataloader(self) -> DataLoader:
         tokenizer = self.trainer.lightning_module.tokenizer
