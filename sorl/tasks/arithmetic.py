@@ -73,9 +73,9 @@ class ArithmeticTask:
 
     def __init__(
         self,
-        num_operands: int = 3,
-        digits: int = 2,
-        ops: str = "+-",
+        num_operands: int = 4,
+        digits: int = 1,
+        ops: str = "+-*",
         num_train: int = 20000,
         num_eval: int = 200,
         seed: int = 0,
