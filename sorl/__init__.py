@@ -1,6 +1,6 @@
 """sorl: second-order rollout RL (GC-RL) for reasoning LLMs on PyTorch Lightning."""
 
-from sorl.callbacks import Evaluation, LabelBalancing, RolloutCallback
+from sorl.callbacks import Evaluation, LabelBalancing, RewardDenoising, RewardNoise, RolloutCallback
 from sorl.data import RolloutDataModule
 from sorl.engines import HFEngine, RolloutEngine, SamplingParams
 from sorl.loss import GRPOLoss, group_advantages
@@ -17,6 +17,8 @@ __all__ = [
     "HFEngine",
     "LabelBalancing",
     "Question",
+    "RewardDenoising",
+    "RewardNoise",
     "RolloutCallback",
     "RolloutDataModule",
     "RolloutEngine",

@@ -354,6 +354,7 @@ class RolloutDataModule(LightningDataModule):
         trainer = self.trainer
         answers, critiques = round_.answers, round_.critiques
         completions = [s.completion for s in answers + critiques]
+        # (sum, count) pairs, so that ranks with different amounts of data reduce exactly
         sums = {
             "rollout/answer_reward": (sum(s.reward for s in answers), len(answers)),
             "rollout/response_len": (sum(len(s.completion.token_ids) for s in answers), len(answers)),
@@ -363,12 +364,8 @@ class RolloutDataModule(LightningDataModule):
             sums["rollout/critique_reward"] = (sum(s.reward for s in critiques), len(critiques))
             sums["rollout/critique_len"] = (sum(len(s.completion.token_ids) for s in critiques), len(critiques))
             sums["rollout/verdict_parse_failures"] = (sum(s.verdict is None for s in critiques), len(critiques))
-        metrics = {}
-        for name, (total, count) in sums.items():
-            reduced = self._reduce(torch.tensor([float(total), float(count)]), "sum")
-            metrics[name] = (reduced[0] / reduced[1].clamp(min=1)).item()
-        for name, value in sorted(round_.metrics.items()):
-            metrics[name] = self._reduce(torch.tensor(float(value)), "mean").item()
+        sums.update({name: (value, 1) for name, value in round_.metrics.items()})  # mean over ranks
+        metrics = self._reduce_sums(sums)
         metrics["rollout/cache_size"] = float(len(self.cache))
         metrics["rollout/round"] = float(round_.index)
         for logger in trainer.loggers:
@@ -400,6 +397,16 @@ class RolloutDataModule(LightningDataModule):
 
     def _rank_world(self) -> tuple[int, int]:
         return self.trainer.global_rank, self.trainer.world_size
+
+    def _reduce_sums(self, sums: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """Global ``sum / count`` per name; a name some ranks lack (no critiques there) still lines up."""
+        names = sorted(sums)
+        if self.trainer.world_size > 1:
+            gathered: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
+        totals = self._reduce(torch.tensor([[float(v) for v in sums.get(n, (0.0, 0.0))] for n in names]), "sum")
+        return {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
 
     def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean", "max"]) -> torch.Tensor:
         trainer = self.trainer

@@ -107,3 +107,22 @@ def test_hf_engine_greedy_matches_batched_and_single(tiny_policy_dir):
     batched = engine.generate(prompts, 1, greedy)
     single = [engine.generate([p], 1, greedy)[0] for p in prompts]
     assert [g[0].token_ids for g in batched] == [g[0].token_ids for g in single]
+
+
+def test_policy_gradient_step_moves_logprobs_with_the_advantage(tiny_policy_dir):
+    """One SGD step on the GRPO loss raises the positive-advantage completion and lowers the other."""
+    from sorl.module import GCRLModule
+
+    module = GCRLModule(model=tiny_policy_dir)
+    module.configure_model()
+    samples = [_sample([5, 6], [9, 10, 1], advantage=1.0), _sample([5, 6], [11, 12, 1], advantage=-1.0)]
+    batch = collate(samples, pad_id=0, round_index=0, temperature=1.0, mask_truncated=False)
+    batch["step_tokens"] = batch["completion_mask"].sum()
+    batch["step_sequences"] = torch.tensor(2.0)
+    module.log = lambda *args, **kwargs: None  # no Trainer attached
+    before = module.completion_logprobs(batch)[0].sum(-1).detach()
+    optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.5)
+    module.training_step(batch, 0).backward()
+    optimizer.step()
+    after = module.completion_logprobs(batch)[0].sum(-1).detach()
+    assert after[0] > before[0] and after[1] < before[1]

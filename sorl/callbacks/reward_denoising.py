@@ -1,0 +1,100 @@
+"""RewardDenoising: checks rewarded critiques by whether their analysis helps a refinement."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Literal
+
+from lightning.pytorch import Trainer
+
+from sorl.callbacks.base import RolloutCallback
+
+TOTALS = ("checked", "refinements", "refinements_right", "rewards_changed")
+
+
+class RewardDenoising(RolloutCallback):
+    """Scales down critique rewards whose analysis does not help fix the response.
+
+    The outcome-only critique reward is noisy: a critique can reach the right verdict through a
+    wrong analysis. With ``self_correction``, each critique with reward > 0 (a zero reward cannot
+    be made noisier, and skipping them bounds the cost) is given to the policy as a refinement
+    prompt ``num_refinements`` times; each refinement is verified, and the critique's reward
+    becomes ``reward * (min_scale + (1 - min_scale) * share_right)``:
+
+    - a critique that says ``wrong`` keeps its reward in proportion to the share of refinements
+      that are right: its analysis proved useful for fixing the response;
+    - a critique that says ``right`` (rewarded only when the response is right) follows the same
+      rule: a sound endorsement should let the refinement keep the right answer, so refinements
+      that go wrong are evidence of an analysis that misleads.
+
+    ``max_critiques`` checks only a random sample (seeded per round and rank) of that many
+    rewarded critiques; the rest keep their reward. Answer rewards are never changed. ``none``
+    changes nothing. Refinements are sampled with the answer sampling parameters, in one batched
+    call per round.
+
+    Logs ``denoise/checked``, ``denoise/refinements``, ``denoise/refinement_accuracy`` (0.0 when
+    none), ``denoise/rewards_changed`` and ``time/denoise`` per round; cumulative totals travel
+    in checkpoints.
+    """
+
+    def __init__(
+        self,
+        strategy: Literal["none", "self_correction"] = "self_correction",
+        num_refinements: int = 2,
+        max_critiques: int | None = None,
+        min_scale: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if strategy not in ("none", "self_correction"):
+            raise ValueError(f"strategy must be 'none' or 'self_correction', got {strategy!r}")
+        if num_refinements < 1:
+            raise ValueError(f"num_refinements must be >= 1, got {num_refinements}")
+        if max_critiques is not None and max_critiques < 1:
+            raise ValueError(f"max_critiques must be >= 1 or None, got {max_critiques}")
+        if not 0.0 <= min_scale <= 1.0:
+            raise ValueError(f"min_scale must be in [0, 1], got {min_scale}")
+        self.strategy = strategy
+        self.num_refinements = num_refinements
+        self.max_critiques = max_critiques
+        self.min_scale = min_scale
+        self.seed = seed
+        self.totals = dict.fromkeys(TOTALS, 0)
+
+    def on_critiques_scored(self, trainer: Trainer, datamodule: Any, round: Any) -> None:
+        if self.strategy == "none":
+            round.metrics["denoise/checked"] = 0.0
+            return
+        started = time.perf_counter()
+        rewarded = [s for s in round.critiques if s.reward > 0]
+        if self.max_critiques is not None and len(rewarded) > self.max_critiques:
+            rng = random.Random(self.seed * 1_000_003 + round.index * 7_919 + trainer.global_rank)
+            chosen = sorted(rng.sample(range(len(rewarded)), self.max_critiques))
+            rewarded = [rewarded[i] for i in chosen]
+        task = datamodule.task
+        right = changed = 0
+        if rewarded:  # no generate call (and no engine work) for a round without rewarded critiques
+            prompts = [task.refinement_prompt(s.question, s.pair.response, s.completion.text) for s in rewarded]
+            refinements = datamodule.generate(prompts, self.num_refinements, datamodule.sampling, phase=2)
+            for sample, completions in zip(rewarded, refinements):
+                num_right = sum(task.verify(sample.question, c.text) >= 1.0 for c in completions)
+                share_right = num_right / len(completions)
+                right += num_right
+                reward = sample.reward * (self.min_scale + (1.0 - self.min_scale) * share_right)
+                changed += reward != sample.reward
+                sample.reward = reward
+        made = len(rewarded) * self.num_refinements
+        for name, value in zip(TOTALS, (len(rewarded), made, right, changed)):
+            self.totals[name] += value
+        round.metrics["denoise/checked"] = float(len(rewarded))
+        round.metrics["denoise/refinements"] = float(made)
+        round.metrics["denoise/refinement_accuracy"] = right / made if made else 0.0
+        round.metrics["denoise/rewards_changed"] = float(changed)
+        round.metrics["time/denoise"] = time.perf_counter() - started
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.totals)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.totals = {name: int(state_dict[name]) for name in TOTALS}
+
