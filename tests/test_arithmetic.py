@@ -11,7 +11,7 @@ Q = Question("x", "12+34-56", "-10")
 
 @pytest.fixture(scope="module")
 def task() -> ArithmeticTask:
-    return ArithmeticTask(num_train=2000, num_eval=100)
+    return ArithmeticTask(num_operands=3, digits=2, ops="+-", num_train=2000, num_eval=100)
 
 
 def test_is_a_task(task):
@@ -277,7 +277,7 @@ def test_critique_eval_set(task):
     for e in examples:
         assert e.question.id in eval_ids
         assert (task.verify(e.question, e.response) == 1.0) is e.is_right
-    again = ArithmeticTask(num_train=2000, num_eval=100).critique_eval_set()
+    again = ArithmeticTask(num_operands=3, digits=2, ops="+-", num_train=2000, num_eval=100).critique_eval_set()
     assert again == examples
 
 
