@@ -1,0 +1,181 @@
+"""The paper's label-balanced critique cache vs an unbalanced one, on the same short GC-RL schedule.
+
+"balanced" runs ``configs/quickstart.yaml`` with callbacks LabelBalancing and Evaluation (from each
+question with a right and a wrong response, one of each enters the cache); "unbalanced" with
+Evaluation only (every scored pair enters it, so the majority label dominates). Measures, on the
+label-balanced critique eval set after training (positive = the verdict ``wrong``):
+
+- crit_acc, crit_f1, verdict_wrong_share: the Evaluation callback's ``*_after`` values;
+- crit_precision, crit_recall: the last ``eval/crit_precision`` / ``eval/crit_recall`` in TensorBoard
+  (the summary JSON has no such keys), checked against the JSON's crit_acc at the same step;
+- label_ratio_after: the mean over rounds of ``rollout/label_ratio_after``, the share of right
+  responses among the pairs entering the cache.
+
+Seeds 0 1 2 and 30 rounds by default, the variant order alternating per seed. Prints a table
+(mean ± sample std over seeds) and, as its last line, one JSON object
+``{"balanced": {...}, "unbalanced": {...}, "seeds": [...], "rounds": N}`` (means and ``*_std``);
+writes ``benchmarks/results/label_balance[-quick].{json,md,png}``.
+
+    python benchmarks/label_balance.py [--quick] [--seeds 0 1 2] [--rounds 30]
+
+``--quick``: one seed, 8 rounds (a few minutes on two CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import (
+    QUICKSTART,
+    FitRun,
+    add_schedule_args,
+    callbacks_override,
+    fmt,
+    interleaved,
+    machine,
+    machine_markdown,
+    markdown_table,
+    mean_std,
+    plain_table,
+    plt,
+    result_name,
+    run_fit,
+    schedule,
+    seed_overrides,
+    write_results,
+)
+
+VARIANTS = ("balanced", "unbalanced")
+SUMMARY_METRICS = ("crit_acc", "crit_f1", "verdict_wrong_share")  # from the summary JSON
+TB_METRICS = ("crit_precision", "crit_recall")  # last value in TensorBoard
+METRICS = ("crit_acc", "crit_precision", "crit_recall", "crit_f1", "verdict_wrong_share", "label_ratio_after")
+
+
+def callbacks(variant: str, seed: int) -> list[dict[str, Any]]:
+    # LabelBalancing's own seed follows the run's, so that seeds vary all of the run's randomness.
+    balancing = [{"class_path": "sorl.LabelBalancing", "init_args": {"seed": seed}}] if variant == "balanced" else []
+    return [*balancing, {"class_path": "sorl.Evaluation"}]
+
+
+def after_metrics(run: FitRun) -> dict[str, float]:
+    metrics = {key: run.summary[f"{key}_after"] for key in SUMMARY_METRICS}
+    # The last eval/* point in TensorBoard must be the after-fit evaluation the JSON reports.
+    if not math.isclose(run.last("eval/crit_acc"), metrics["crit_acc"], abs_tol=1e-6):
+        raise RuntimeError(f"last eval/crit_acc {run.last('eval/crit_acc')} != crit_acc_after {metrics['crit_acc']}")
+    metrics.update({key: run.last(f"eval/{key}") for key in TB_METRICS})
+    return metrics
+
+
+def run_variant(variant: str, seed: int, rounds: int, workdir: Path) -> dict[str, Any]:
+    overrides = [f"--trainer.max_epochs={rounds}", *seed_overrides(seed), callbacks_override(callbacks(variant, seed))]
+    run = run_fit(QUICKSTART, overrides, workdir / f"{variant}-seed{seed}")
+    ratios = run.series("rollout/label_ratio_after")
+    if len(ratios) != rounds:
+        raise RuntimeError(f"rollout/label_ratio_after: {len(ratios)} values for {rounds} rounds")
+    return {
+        "variant": variant,
+        "seed": seed,
+        **after_metrics(run),
+        "label_ratio_after": sum(ratios) / len(ratios),
+        "label_ratio_per_round": ratios,
+        "label_ratio_before_per_round": run.series("rollout/label_ratio_before"),
+        "seconds": run.seconds,
+        "summary": run.summary,
+    }
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """variant -> {metric: mean, metric_std: std} over seeds, plus the wall seconds."""
+    result: dict[str, dict[str, float]] = {}
+    for variant in VARIANTS:
+        result[variant] = {}
+        for metric in (*METRICS, "seconds"):
+            mean, std = mean_std([r[metric] for r in runs if r["variant"] == variant])
+            result[variant][metric] = mean
+            result[variant][f"{metric}_std"] = std
+    return result
+
+
+def plot(stats: dict[str, dict[str, float]], title: str) -> Any:
+    figure, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.38
+    for offset, (variant, color) in enumerate(zip(VARIANTS, ("tab:blue", "tab:orange"))):
+        xs = [i + (offset - 0.5) * width for i in range(len(METRICS))]
+        means = [stats[variant][m] for m in METRICS]
+        stds = [stats[variant][f"{m}_std"] for m in METRICS]
+        ax.bar(xs, means, width, yerr=stds, capsize=4, color=color, label=variant)
+        for x, m in zip(xs, means):
+            ax.text(x, m + 0.02, f"{m:.2f}", ha="center", fontsize=8)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")  # a balanced set's right share / chance
+    ax.set_xticks(range(len(METRICS)), METRICS)
+    ax.set_ylim(0, 1.1)
+    ax.legend()
+    ax.set_title(title)
+    return figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_schedule_args(parser)
+    args = parser.parse_args()
+    seeds, rounds = schedule(args)
+    name = result_name("label_balance", args.quick)
+    info = machine()
+
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sorl-label-balance-") as workdir:
+        for seed, variant in interleaved(seeds, VARIANTS):
+            run = run_variant(variant, seed, rounds, Path(workdir))
+            runs.append(run)
+            print(
+                f"seed {seed} {variant:>10}: "
+                + "  ".join(f"{m} {run[m]:.3f}" for m in METRICS)
+                + f"  {run['seconds']:.0f}s",
+                flush=True,
+            )
+
+    stats = aggregate(runs)
+    headers = ["cache", *METRICS, "seconds"]
+    rows = [
+        [variant, *(fmt(stats[variant][m], stats[variant][f"{m}_std"]) for m in METRICS),
+         fmt(stats[variant]["seconds"], stats[variant]["seconds_std"], digits=0)]
+        for variant in VARIANTS
+    ]
+    print(plain_table(headers, rows))
+
+    final = {
+        **{variant: {k: v for k, v in stats[variant].items() if not k.startswith("seconds")} for variant in VARIANTS},
+        "seeds": seeds,
+        "rounds": rounds,
+    }
+    title = f"Label-balanced vs unbalanced critique cache ({QUICKSTART}, {rounds} rounds, seeds {seeds})"
+    markdown = "\n\n".join([
+        f"# {title}",
+        "Mean ± sample std over seeds, on the label-balanced critique eval set after training "
+        "(positive = the verdict `wrong`). label_ratio_after: mean over rounds of the share of right "
+        "responses among the pairs entering the cache. Seconds: wall time of one `sorl fit`.",
+        markdown_table(headers, rows),
+        machine_markdown(info),
+    ])
+    payload = {
+        "benchmark": "label_balance",
+        "config": QUICKSTART,
+        "seeds": seeds,
+        "rounds": rounds,
+        "machine": info,
+        "stats": stats,
+        "runs": runs,
+        "final": final,
+    }
+    for path in write_results(name, payload, markdown, plot(stats, title)):
+        print(f"wrote {path}")
+    print(json.dumps(final), flush=True)
+
+
+if __name__ == "__main__":
+    main()
