@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,12 @@ class FitRun:
     summary: dict[str, float | None]
     scalars: dict[str, list[tuple[int, float]]]  # tag -> [(step, value)] in logging order
     seconds: float
+    # The cores are shared: CPU time and the load average tell a slow run from a busy machine.
+    cpu_seconds: float
+    load_average: float  # 1-minute load average when the run ended
+
+    def timing(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "load_average": self.load_average}
 
     def series(self, tag: str) -> list[float]:
         if tag not in self.scalars:
@@ -71,16 +78,23 @@ def run_fit(config: str, overrides: Sequence[str], root_dir: Path) -> FitRun:
         "--trainer.enable_progress_bar=false",  # keeps captured output small
         *overrides,
     ]
+    cpu_started = _children_cpu_seconds()
     started = time.perf_counter()
     process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    cpu_seconds = _children_cpu_seconds() - cpu_started
     tail = (process.stdout + process.stderr)[-4000:]
     if process.returncode != 0:
         raise RuntimeError(f"sorl fit failed ({process.returncode}): {' '.join(command)}\n{tail}")
     summary = last_json_line(process.stdout)
     if summary is None:
         raise RuntimeError(f"sorl fit printed no summary JSON (is Evaluation in the callbacks?)\n{tail}")
-    return FitRun(summary, read_scalars(root_dir), seconds)
+    return FitRun(summary, read_scalars(root_dir), seconds, cpu_seconds, os.getloadavg()[0])
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # of waited-for children: one run at a time
+    return usage.ru_utime + usage.ru_stime
 
 
 def last_json_line(stdout: str) -> dict[str, Any] | None:

@@ -84,7 +84,7 @@ def run_variant(variant: str, seed: int, rounds: int, workdir: Path) -> dict[str
         "label_ratio_after": sum(ratios) / len(ratios),
         "label_ratio_per_round": ratios,
         "label_ratio_before_per_round": run.series("rollout/label_ratio_before"),
-        "seconds": run.seconds,
+        **run.timing(),
         "summary": run.summary,
     }
 
@@ -112,7 +112,7 @@ def plot(stats: dict[str, dict[str, float]], title: str) -> Any:
         for x, m in zip(xs, means):
             ax.text(x, m + 0.02, f"{m:.2f}", ha="center", fontsize=8)
     ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")  # a balanced set's right share / chance
-    ax.set_xticks(range(len(METRICS)), METRICS)
+    ax.set_xticks(range(len(METRICS)), METRICS, rotation=15, fontsize=9)
     ax.set_ylim(0, 1.1)
     ax.legend()
     ax.set_title(title)
@@ -135,7 +135,7 @@ def main() -> None:
             print(
                 f"seed {seed} {variant:>10}: "
                 + "  ".join(f"{m} {run[m]:.3f}" for m in METRICS)
-                + f"  {run['seconds']:.0f}s",
+                + f"  {run['seconds']:.0f}s (cpu {run['cpu_seconds']:.0f}s, load {run['load_average']:.1f})",
                 flush=True,
             )
 

@@ -48,6 +48,7 @@ from common import (
 VARIANTS = {"off": "none", "on": "self_correction"}  # label -> RewardDenoising strategy
 METRICS = ("noise", "crit_acc", "gen_acc", "seconds")
 NOISE_TAG = "rollout/critique_reward_noise"
+EXTRA_TAGS = ("rollout/critique_reward", "denoise/refinement_accuracy", "denoise/rewards_changed")
 
 
 def callbacks(strategy: str, seed: int) -> list[dict[str, Any]]:
@@ -75,9 +76,15 @@ def run_variant(label: str, seed: int, rounds: int, workdir: Path) -> dict[str, 
         "noise_per_round": noise,
         "crit_acc": run.summary["crit_acc_after"],
         "gen_acc": run.summary["gen_acc_after"],
-        "seconds": run.seconds,
+        # Context for the noise numbers (means over rounds; denoise/* only exist with self_correction).
+        **{name.replace("/", "_"): _mean(run.scalars.get(name)) for name in EXTRA_TAGS},
+        **run.timing(),
         "summary": run.summary,
     }
+
+
+def _mean(points: list[tuple[int, float]] | None) -> float | None:
+    return sum(v for _, v in points) / len(points) if points else None
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -130,7 +137,7 @@ def main() -> None:
             runs.append(run)
             print(
                 f"seed {seed} {label:>3} ({VARIANTS[label]}): noise {run['noise']:.3f}  crit_acc {run['crit_acc']:.3f}  "
-                f"gen_acc {run['gen_acc']:.3f}  {run['seconds']:.0f}s",
+                f"gen_acc {run['gen_acc']:.3f}  {run['seconds']:.0f}s (cpu {run['cpu_seconds']:.0f}s, load {run['load_average']:.1f})",
                 flush=True,
             )
 

@@ -255,10 +255,12 @@ class RolloutDataModule(LightningDataModule):
         if mode != "g_rl":
             # 2. Cache update (LabelBalancing filters here), 3. second-order rollout, 4. critique reward.
             round_.candidates = [CritiqueExample(s.question, s.completion.text, s.reward >= 1.0) for s in round_.answers]
-            round_.metrics["rollout/label_ratio_before"] = _right_share(round_.candidates)
+            if round_.candidates:
+                round_.metrics["rollout/label_ratio_before"] = _right_share(round_.candidates)
             for callback in callbacks:
                 callback.on_cache_update(trainer, self, round_)
-            round_.metrics["rollout/label_ratio_after"] = _right_share(round_.candidates)
+            if round_.candidates:  # none left: nothing entered the cache, no ratio to log
+                round_.metrics["rollout/label_ratio_after"] = _right_share(round_.candidates)
             if not self.cache_frozen:
                 self.cache.extend(round_.candidates)
                 self.cache_frozen = self.critique_data == "static" and len(self.cache) > 0
@@ -469,4 +471,4 @@ def empty_batch(pad_id: int, round_index: int, temperature: float) -> dict[str, 
 
 
 def _right_share(pairs: Sequence[CritiqueExample]) -> float:
-    return sum(p.is_right for p in pairs) / len(pairs) if pairs else 0.0
+    return sum(p.is_right for p in pairs) / len(pairs)

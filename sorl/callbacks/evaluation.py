@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-SUMMARY_KEYS = ("gen_acc", "gen_mean_acc", "crit_acc", "crit_f1", "verdict_wrong_share")
+SUMMARY_KEYS = ("gen_acc", "gen_mean_acc", "crit_acc", "crit_precision", "crit_recall", "crit_f1", "verdict_wrong_share")
 
 
 class Evaluation(Callback):
