@@ -1,8 +1,10 @@
 """RewardDenoising's self-correction rule and RewardNoise's oracle metric, on scripted rollouts."""
 
+import io
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from sorl.callbacks import RewardDenoising, RewardNoise
 from sorl.data import Round, Sample
@@ -129,8 +131,11 @@ def test_metrics_and_totals_survive_a_checkpoint():
     callback.on_critiques_scored(TRAINER, datamodule, _round([_critique(WRONG, bad, 1.0)], index=1))
     state = callback.state_dict()
     assert state == {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2}
+    buffer = io.BytesIO()  # through torch.save / load as in a Lightning checkpoint
+    torch.save({"callbacks": {"RewardDenoising": state}}, buffer)
+    buffer.seek(0)
     fresh = RewardDenoising()
-    fresh.load_state_dict(state)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True)["callbacks"]["RewardDenoising"])
     assert fresh.state_dict() == state
     fresh.on_critiques_scored(TRAINER, datamodule, _round([_critique(WRONG, good, 1.0)], index=2))
     assert fresh.state_dict() == {"checked": 4, "refinements": 8, "refinements_right": 6, "rewards_changed": 2}
