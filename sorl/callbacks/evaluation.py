@@ -47,6 +47,10 @@ class Evaluation(Callback):
         if self.after_fit and self._evaluated_at_step != trainer.global_step:
             self.after = self.evaluate(trainer, pl_module)
         if self.print_summary and trainer.is_global_zero:
+            if trainer.progress_bar_callback is not None:
+                # A live (Rich) bar renders its last frame when it stops: stop it first so the
+                # JSON line really is the last output. Stopping twice is harmless.
+                trainer.progress_bar_callback.teardown(trainer, pl_module, "fit")
             rank_zero_info(summary_table(self.before, self.after))
             print(json.dumps(summary_json(self.before, self.after)), flush=True)
 
