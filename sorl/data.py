@@ -163,6 +163,7 @@ class RolloutDataModule(LightningDataModule):
         self.cache: deque[CritiqueExample] = deque(maxlen=cache_size)
         self.cache_frozen = False
         self._engine_ready = False
+        self._question_order: list[int] | None = None  # a seeded permutation of the training pool
         self.last_round: Round | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -215,10 +216,17 @@ class RolloutDataModule(LightningDataModule):
         self.cache_frozen = state["cache_frozen"]
 
     # ------------------------------------------------------------------ the round
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        tokenizer = self.trainer.lightning_module.tokenizer
+        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, phase: int) -> list[list[Completion]]:
         """``n`` completions for each prompt text, seeded by (seed, round, rank, phase)."""
-        tokenizer = self.trainer.lightning_module.tokenizer
-        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self.generate_ids(self.encode(prompts), n, sampling, phase)
+
+    def generate_ids(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, phase: int
+    ) -> list[list[Completion]]:
         rank, _ = self._rank_world()
         seed = (self.seed * 1_000_003 + self.round_index * 10_007 + rank * 101 + phase) % 2**31
         return self.engine.generate(prompt_ids, n, sampling, seed=seed)
@@ -226,7 +234,6 @@ class RolloutDataModule(LightningDataModule):
     def build_round(self, mode: str) -> Round:
         """Runs both rollouts and the callbacks' hooks; returns the scored round."""
         trainer = self.trainer
-        tokenizer = trainer.lightning_module.tokenizer
         callbacks = rollout_callbacks(trainer)
         round_ = Round(self.round_index, self._round_questions())
         phases = ["answers", "critiques"] if mode != "g_rl" else ["answers"]
@@ -240,13 +247,12 @@ class RolloutDataModule(LightningDataModule):
         # 1. First-order rollout and verification.
         progress.set_postfix_str(f"{len(round_.questions)}x{self.responses_per_question} responses")
         started = time.perf_counter()
-        prompts = [self.task.answer_prompt(q) for q in round_.questions]
-        completions = self.generate(prompts, self.responses_per_question, self.sampling, phase=0)
+        prompt_ids = self.encode([self.task.answer_prompt(q) for q in round_.questions])
+        completions = self.generate_ids(prompt_ids, self.responses_per_question, self.sampling, phase=0)
         for group, (question, group_completions) in enumerate(zip(round_.questions, completions)):
-            prompt_ids = tokenizer(prompts[group], add_special_tokens=False)["input_ids"]
             for completion in group_completions:
                 reward = self.task.verify(question, completion.text)
-                round_.answers.append(Sample("answer", group, question, prompt_ids, completion, reward))
+                round_.answers.append(Sample("answer", group, question, prompt_ids[group], completion, reward))
         round_.metrics["time/rollout"] = time.perf_counter() - started
         for callback in callbacks:
             callback.on_answers_scored(trainer, self, round_)
@@ -270,16 +276,15 @@ class RolloutDataModule(LightningDataModule):
             round_.critique_pairs = rng.sample(list(self.cache), min(self.critique_pairs_per_round, len(self.cache)))
             if not round_.critique_pairs:
                 rank_zero_info(f"Round {self.round_index}: the critique cache is empty, no critiques this round")
-            prompts = [self.task.critique_prompt(p.question, p.response) for p in round_.critique_pairs]
-            completions = self.generate(prompts, self.critiques_per_response, self.critique_sampling, phase=1)
+            prompt_ids = self.encode([self.task.critique_prompt(p.question, p.response) for p in round_.critique_pairs])
+            completions = self.generate_ids(prompt_ids, self.critiques_per_response, self.critique_sampling, phase=1)
             offset = len(round_.questions)  # critique groups come after answer groups
             for index, (pair, group_completions) in enumerate(zip(round_.critique_pairs, completions)):
-                prompt_ids = tokenizer(prompts[index], add_special_tokens=False)["input_ids"]
                 for completion in group_completions:
                     verdict = self.task.parse_verdict(completion.text)
                     reward = critique_reward(verdict, pair.is_right)
                     round_.critiques.append(
-                        Sample("critique", offset + index, pair.question, prompt_ids, completion, reward, pair=pair, verdict=verdict)
+                        Sample("critique", offset + index, pair.question, prompt_ids[index], completion, reward, pair=pair, verdict=verdict)
                     )
             round_.metrics["time/critique_rollout"] = time.perf_counter() - started
             for callback in callbacks:
@@ -390,9 +395,11 @@ class RolloutDataModule(LightningDataModule):
 
     def _round_questions(self) -> list[Question]:
         """This rank's shard of the round's questions: no question twice in a round across ranks."""
-        pool = list(self.task.train_questions())
-        order = list(range(len(pool)))
-        random.Random(self.seed).shuffle(order)
+        pool = self.task.train_questions()
+        if self._question_order is None or len(self._question_order) != len(pool):
+            self._question_order = list(range(len(pool)))
+            random.Random(self.seed).shuffle(self._question_order)
+        order = self._question_order
         rank, world = self._rank_world()
         start = (self.round_index * world + rank) * self.questions_per_round
         return [pool[order[(start + i) % len(pool)]] for i in range(self.questions_per_round)]
