@@ -329,7 +329,7 @@ class RolloutDataModule(LightningDataModule):
         rng.shuffle(samples)
         pad_id = module.tokenizer.pad_token_id
         batches = [
-            collate(samples[i : i + self.batch_size], pad_id, round_.index, self.sampling.temperature, self.mask_truncated)
+            collate(samples[i : i + self.batch_size], pad_id, self.sampling.temperature, self.mask_truncated)
             for i in range(0, len(samples), self.batch_size)
         ]
         # Every rank runs the same number of whole optimizer steps, or DDP waits forever.
@@ -337,7 +337,7 @@ class RolloutDataModule(LightningDataModule):
         steps = int(self._reduce(torch.tensor(float(steps)), "max").item())
         steps = max(steps, 1)
         while len(batches) < steps * accumulation:
-            batches.append(empty_batch(pad_id, round_.index, self.sampling.temperature))
+            batches.append(empty_batch(pad_id, self.sampling.temperature))
         counts = torch.tensor(
             [[b["completion_mask"].sum().item(), (b["completion_mask"].sum(-1) > 0).sum().item()] for b in batches]
         ).view(steps, accumulation, 2).sum(1)
@@ -383,7 +383,6 @@ class RolloutDataModule(LightningDataModule):
                         s = samples[0]
                         text = f"**reward {s.reward:.2f}**\n\n    {s.question.text}\n    {s.completion.text}"
                         logger.experiment.add_text(f"samples/{kind}", text, global_step=trainer.global_step)
-        self.round_metrics = metrics
 
     # ------------------------------------------------------------------ helpers
     def prepare_engine(self, module: Any) -> None:
@@ -417,7 +416,7 @@ class RolloutDataModule(LightningDataModule):
         totals = self._reduce(torch.tensor([[float(v) for v in sums.get(n, (0.0, 0.0))] for n in names]), "sum")
         return {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
 
-    def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "mean", "max"]) -> torch.Tensor:
+    def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:
         trainer = self.trainer
         if trainer.world_size == 1:
             return tensor
@@ -429,9 +428,7 @@ class RolloutDataModule(LightningDataModule):
         return strategy.reduce(device_tensor, reduce_op=op).cpu()
 
 
-def collate(
-    samples: Sequence[Sample], pad_id: int, round_index: int, temperature: float, mask_truncated: bool
-) -> dict[str, Any]:
+def collate(samples: Sequence[Sample], pad_id: int, temperature: float, mask_truncated: bool) -> dict[str, Any]:
     """Token ids of prompts (left-padded) followed by completions (right-padded), with masks.
 
     Training uses the generated ids as they are, never re-tokenized text.
@@ -453,7 +450,6 @@ def collate(
         "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
         "is_critique": torch.tensor([s.kind == "critique" for s in samples]),
         "temperature": temperature,
-        "round": round_index,
     }
 
 
@@ -462,7 +458,7 @@ def _lengths_mask(samples: Sequence[Sample], width: int) -> torch.Tensor:
     return (torch.arange(width)[None, :] < lengths[:, None]).long()
 
 
-def empty_batch(pad_id: int, round_index: int, temperature: float) -> dict[str, Any]:
+def empty_batch(pad_id: int, temperature: float) -> dict[str, Any]:
     """A batch that contributes nothing to the loss, to even out ranks' step counts."""
     ids = torch.full((1, 2), pad_id, dtype=torch.long)
     return {
@@ -473,7 +469,6 @@ def empty_batch(pad_id: int, round_index: int, temperature: float) -> dict[str, 
         "advantages": torch.zeros(1),
         "is_critique": torch.zeros(1, dtype=torch.bool),
         "temperature": temperature,
-        "round": round_index,
     }
 
 

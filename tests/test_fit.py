@@ -55,7 +55,7 @@ def test_cli_fit_each_mode(mode, tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     _assert_every_parameter_changed(AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY), exported)
     tags = _scalar_tags(tmp_path)
-    assert ("rollout/answer_reward" in tags) == (mode in ("g_rl", "gc_rl") or mode == "c_rl")
+    assert "rollout/answer_reward" in tags  # every mode samples responses (c_rl to fill the cache)
     assert ("rollout/critique_reward" in tags) == (mode != "g_rl")
     for tag in ("train/loss", "train/clip_frac", "time/rollout", "eval/gen_acc", "eval/crit_acc"):
         assert tag in tags

@@ -16,7 +16,7 @@ def _sample(prompt: list[int], completion: list[int], advantage: float = 1.0) ->
 
 
 def _batch_logprobs(model, samples):
-    batch = collate(samples, pad_id=0, round_index=0, temperature=0.7, mask_truncated=False)
+    batch = collate(samples, pad_id=0, temperature=0.7, mask_truncated=False)
     logprobs, _ = completion_logprobs(
         model, batch["input_ids"], batch["attention_mask"], batch["completion_ids"], batch["temperature"]
     )
@@ -50,7 +50,7 @@ def test_garbage_after_eos_changes_neither_loss_nor_gradient(tiny_policy_dir):
     clean = [_sample([5, 6], [9, 10, 1], 1.0), _sample([5, 7], [12, 13, 14, 15, 16, 1], -1.0)]
     loss_a, grads_a = loss_and_grad(clean)
     # Same first row, but the batch's padded tensor now carries garbage after that row's EOS.
-    batch = collate(clean, pad_id=0, round_index=0, temperature=0.7, mask_truncated=False)
+    batch = collate(clean, pad_id=0, temperature=0.7, mask_truncated=False)
     batch["input_ids"][0, -3:] = torch.tensor([30, 31, 32])
     batch["completion_ids"][0, -3:] = torch.tensor([30, 31, 32])
     model.zero_grad()
@@ -65,9 +65,9 @@ def test_garbage_after_eos_changes_neither_loss_nor_gradient(tiny_policy_dir):
 def test_completion_mask_follows_lengths_and_truncation():
     truncated = Sample("answer", 0, QUESTION, [5], Completion([9, 10, 11], "", "length"))
     stopped = _sample([5, 6], [9, 1])
-    kept = collate([truncated, stopped], pad_id=0, round_index=0, temperature=1.0, mask_truncated=False)
+    kept = collate([truncated, stopped], pad_id=0, temperature=1.0, mask_truncated=False)
     assert kept["completion_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    masked = collate([truncated, stopped], pad_id=0, round_index=0, temperature=1.0, mask_truncated=True)
+    masked = collate([truncated, stopped], pad_id=0, temperature=1.0, mask_truncated=True)
     assert masked["completion_mask"].tolist() == [[0, 0, 0], [1, 1, 0]]
     # prompts are left padded, completions right padded
     assert kept["input_ids"].tolist() == [[0, 5, 9, 10, 11], [5, 6, 9, 1, 0]]
@@ -116,7 +116,7 @@ def test_policy_gradient_step_moves_logprobs_with_the_advantage(tiny_policy_dir)
     module = GCRLModule(model=tiny_policy_dir)
     module.configure_model()
     samples = [_sample([5, 6], [9, 10, 1], advantage=1.0), _sample([5, 6], [11, 12, 1], advantage=-1.0)]
-    batch = collate(samples, pad_id=0, round_index=0, temperature=1.0, mask_truncated=False)
+    batch = collate(samples, pad_id=0, temperature=1.0, mask_truncated=False)
     batch["step_tokens"] = batch["completion_mask"].sum()
     batch["step_sequences"] = torch.tensor(2.0)
     module.log = lambda *args, **kwargs: None  # no Trainer attached
