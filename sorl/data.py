@@ -103,6 +103,9 @@ class RolloutDataModule(LightningDataModule):
         mask_truncated: leave responses that hit the token bound out of the loss.
         eval_samples: samples per evaluation question for mean accuracy (0: greedy only).
         eval_max_questions: cap on evaluation questions and critique examples (None: all).
+        chat_template: wrap each prompt as a user message in the tokenizer's chat template;
+            ``None`` does so when the tokenizer has one (the embedded policy has none).
+        system_prompt: a system message put before each prompt when the chat template is used.
         seed: seeds question order and sampling; rounds and ranks derive their own seeds.
     """
 
@@ -127,6 +130,8 @@ class RolloutDataModule(LightningDataModule):
         mask_truncated: bool = False,
         eval_samples: int = 4,
         eval_max_questions: int | None = None,
+        chat_template: bool | None = None,
+        system_prompt: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -157,6 +162,8 @@ class RolloutDataModule(LightningDataModule):
         self.mask_truncated = mask_truncated
         self.eval_samples = eval_samples
         self.eval_max_questions = eval_max_questions
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
         self.seed = seed
         # State that a checkpoint carries (see state_dict).
         self.round_index = 0
@@ -217,8 +224,8 @@ class RolloutDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ the round
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        tokenizer = self.trainer.lightning_module.tokenizer
-        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        """Token ids of prompt texts, through the chat template when it is used."""
+        return encode_prompts(self.trainer.lightning_module.tokenizer, prompts, self.chat_template, self.system_prompt)
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, phase: int) -> list[list[Completion]]:
         """``n`` completions for each prompt text, seeded by (seed, round, rank, phase)."""
@@ -426,6 +433,25 @@ class RolloutDataModule(LightningDataModule):
             gathered = strategy.all_gather(device_tensor)
             return gathered.max(dim=0).values.cpu()
         return strategy.reduce(device_tensor, reduce_op=op).cpu()
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str], chat_template: bool | None = None, system_prompt: str | None = None
+) -> list[list[int]]:
+    """Token ids of each prompt; as a user turn of the chat template when ``chat_template`` is
+    true, or ``None`` and the tokenizer has a template. The template adds its own special tokens."""
+    if chat_template is None:
+        chat_template = tokenizer.chat_template is not None
+    if not chat_template:
+        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if tokenizer.chat_template is None:
+        raise ValueError("chat_template=True but the tokenizer has no chat template")
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    texts = [
+        tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 def collate(samples: Sequence[Sample], pad_id: int, temperature: float, mask_truncated: bool) -> dict[str, Any]:

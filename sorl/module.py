@@ -163,7 +163,7 @@ class GCRLModule(LightningModule):
         greedy = SamplingParams(greedy=True, max_new_tokens=datamodule.sampling.max_new_tokens)
         if batch["kind"] == "generation":
             questions = batch["questions"]
-            prompts = [self.tokenizer(task.answer_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+            prompts = datamodule.encode([task.answer_prompt(q) for q in questions])
             outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
             correct = torch.tensor([task.verify(q, out[0].text) for q, out in zip(questions, outputs)])
             self.eval_gen_acc.update(correct.to(self.device))
@@ -174,10 +174,7 @@ class GCRLModule(LightningModule):
             return
         examples = batch["examples"]
         greedy = SamplingParams(greedy=True, max_new_tokens=datamodule.critique_sampling.max_new_tokens)
-        prompts = [
-            self.tokenizer(task.critique_prompt(e.question, e.response), add_special_tokens=False)["input_ids"]
-            for e in examples
-        ]
+        prompts = datamodule.encode([task.critique_prompt(e.question, e.response) for e in examples])
         outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
         verdicts = [task.parse_verdict(out[0].text) for out in outputs]
         target = torch.tensor([not e.is_right for e in examples], device=self.device)

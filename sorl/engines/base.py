@@ -14,6 +14,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     greedy: bool = False
+    logprobs: bool = False  # return each sampled token's logprob under the engine (Completion.logprobs)
 
 
 @dataclass
