@@ -1,6 +1,6 @@
 """sorl: second-order rollout RL (GC-RL) for reasoning LLMs on PyTorch Lightning."""
 
-from sorl.callbacks import Evaluation, LabelBalancing, RewardDenoising, RewardNoise, RolloutCallback
+from sorl.callbacks import Evaluation, LabelBalancing, PreemptionCheckpoint, RewardDenoising, RewardNoise, RolloutCallback
 from sorl.data import RolloutDataModule
 from sorl.engines import HFEngine, RolloutEngine, SamplingParams
 from sorl.loss import GRPOLoss, group_advantages
@@ -16,6 +16,7 @@ __all__ = [
     "GRPOLoss",
     "HFEngine",
     "LabelBalancing",
+    "PreemptionCheckpoint",
     "Question",
     "RewardDenoising",
     "RewardNoise",

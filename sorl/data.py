@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -33,6 +34,9 @@ Kind = Literal["answer", "critique"]
 
 # RoundBatches has an exact length (one process builds it); Lightning warns for any such dataset.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+# The DataModule's own state holds the rest of an interrupted round (see state_dict), so the
+# dataloader does resume where it stopped; Lightning cannot see that and would warn otherwise.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 @dataclass
@@ -67,14 +71,16 @@ class RoundBatches(IterableDataset):
     """A round's pre-built micro-batches. Iterable so Lightning adds no distributed sampler:
     each rank already holds its own shard."""
 
-    def __init__(self, batches: list[dict[str, Any]]) -> None:
+    def __init__(self, batches: list[dict[str, Any]], skipped: int = 0) -> None:
         self.batches = batches
+        self.skipped = skipped  # batches of this round trained before a resume: counted, not yielded
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        # The round's full length: Lightning's restored batch position counts the skipped ones.
+        return self.skipped + len(self.batches)
 
 
 class RolloutDataModule(LightningDataModule):
@@ -172,6 +178,9 @@ class RolloutDataModule(LightningDataModule):
         self._engine_ready = False
         self._question_order: list[int] | None = None  # a seeded permutation of the training pool
         self.last_round: Round | None = None
+        # The current round's batch schedule; trained entries become None once a resume skips them.
+        self._schedule: list[dict[str, Any] | None] = []
+        self._resumed_round: tuple[list[dict[str, Any]], int] | None = None  # (remaining batches, skipped)
 
     # ------------------------------------------------------------------ Lightning hooks
     def train_dataloader(self) -> DataLoader:
@@ -181,6 +190,11 @@ class RolloutDataModule(LightningDataModule):
                 "RolloutDataModule generates new data every epoch: "
                 "set Trainer(reload_dataloaders_every_n_epochs=1)"
             )
+        if self._resumed_round is not None:  # a checkpoint from inside a round: train the rest of it
+            batches, skipped = self._resumed_round
+            self._resumed_round = None
+            self._schedule = [None] * skipped + batches
+            return DataLoader(RoundBatches(batches, skipped), batch_size=None)
         module = trainer.lightning_module
         self.prepare_engine(module)
         round_ = self.build_round(module.mode)
@@ -188,6 +202,7 @@ class RolloutDataModule(LightningDataModule):
         self.log_round(round_)
         self.last_round = round_
         self.round_index += 1
+        self._schedule = list(batches)
         return DataLoader(RoundBatches(batches), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
@@ -206,21 +221,43 @@ class RolloutDataModule(LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "round_index": self.round_index,
+        """What a resume needs: the round counter and, per rank, the cache, the untrained rest of
+        an interrupted round and the RNG states. Called on every rank when a checkpoint is saved."""
+        rank_state = {
             "cache": [
                 {"question": asdict(pair.question), "response": pair.response, "is_right": pair.is_right}
                 for pair in self.cache
             ],
-            "cache_frozen": self.cache_frozen,
+            "pending_batches": [],
+            "pending_skipped": 0,
+            "rng": rng_states(),
         }
+        trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self._schedule else 0
+        if 0 < trained < len(self._schedule):  # saved inside a round (preemption, every_n_train_steps)
+            rank_state["pending_batches"] = self._schedule[trained:]
+            rank_state["pending_skipped"] = trained
+        ranks = [rank_state]
+        if self.trainer.world_size > 1:
+            ranks = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(ranks, rank_state)
+        return {"round_index": self.round_index, "cache_frozen": self.cache_frozen, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        rank, world = self._rank_world()
+        if len(state["ranks"]) != world:
+            raise ValueError(
+                f"the checkpoint was saved by {len(state['ranks'])} processes and is resumed by {world}: "
+                "each rank's cache and round are its own, so resume with the same number of processes"
+            )
+        rank_state = state["ranks"][rank]
         self.round_index = state["round_index"]
-        self.cache.clear()
-        for pair in state["cache"]:
-            self.cache.append(CritiqueExample(Question(**pair["question"]), pair["response"], pair["is_right"]))
         self.cache_frozen = state["cache_frozen"]
+        self.cache.clear()
+        for pair in rank_state["cache"]:
+            self.cache.append(CritiqueExample(Question(**pair["question"]), pair["response"], pair["is_right"]))
+        if rank_state["pending_batches"]:
+            self._resumed_round = (rank_state["pending_batches"], rank_state["pending_skipped"])
+        set_rng_states(rank_state["rng"])
 
     # ------------------------------------------------------------------ the round
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -282,7 +319,12 @@ class RolloutDataModule(LightningDataModule):
             rng = random.Random(self.seed * 7_919 + self.round_index * 31 + self._rank_world()[0])
             round_.critique_pairs = rng.sample(list(self.cache), min(self.critique_pairs_per_round, len(self.cache)))
             if not round_.critique_pairs:
-                rank_zero_info(f"Round {self.round_index}: the critique cache is empty, no critiques this round")
+                rank_zero_info(
+                    f"Round {self.round_index}: no critiques this round: the critique cache is empty because no "
+                    "question so far had both a right and a wrong response"
+                    + (" (responses are still trained on)" if mode == "gc_rl" else "")
+                )
+            round_.metrics["rollout/critique_pairs"] = float(len(round_.critique_pairs))
             prompt_ids = self.encode([self.task.critique_prompt(p.question, p.response) for p in round_.critique_pairs])
             completions = self.generate_ids(prompt_ids, self.critiques_per_response, self.critique_sampling, phase=1)
             offset = len(round_.questions)  # critique groups come after answer groups
@@ -500,3 +542,25 @@ def empty_batch(pad_id: int, temperature: float) -> dict[str, Any]:
 
 def _right_share(pairs: Sequence[CritiqueExample]) -> float:
     return sum(p.is_right for p in pairs) / len(pairs)
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's Python, NumPy and torch RNG states, as plain data (loadable with weights_only)."""
+    version, state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, position, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

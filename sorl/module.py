@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
 
@@ -92,6 +92,7 @@ class GCRLModule(LightningModule):
         self.eval_verdict_wrong_share = MeanMetric()
         self.eval_verdict_parse_failures = MeanMetric()
         self._epoch_started = 0.0
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -137,12 +138,37 @@ class GCRLModule(LightningModule):
         loss, diagnostics = self.loss(
             logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer
         )
+        if not torch.isfinite(loss):
+            # Still backpropagated, so DDP's all-reduce sees every rank; on_before_optimizer_step
+            # then finds the non-finite gradient and skips the step.
+            rank_zero_warn(f"non-finite loss {loss.item()} at step {self.global_step}; the step will be skipped")
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
         for name, value in diagnostics.items():
             if name != "num_tokens":
                 self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skips an optimizer step whose gradient is not finite, so NaN/inf never reach the weights."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()) if grads else True
+        # Every rank must agree (FSDP shards differ); a step is taken only if all are finite.
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)  # AdamW and SGD leave parameters without grad as they are
+            self.skipped_steps += 1
+            rank_zero_warn(
+                f"non-finite gradient at step {self.global_step}: optimizer step skipped "
+                f"({self.skipped_steps} skipped so far, logged as train/skipped_steps)"
+            )
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = checkpoint["skipped_steps"]
 
     def on_train_epoch_end(self) -> None:
         self.log("time/train", time.perf_counter() - self._epoch_started)

@@ -1,7 +1,9 @@
-"""Resuming from last.ckpt at a round boundary continues exactly: bitwise-equal final weights."""
+"""Resuming from last.ckpt continues exactly: bitwise-equal final weights to an uninterrupted run,
+whether the checkpoint falls at a round boundary or inside a round (SIGTERM, PreemptionCheckpoint)."""
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -19,24 +21,57 @@ ARGS = [
     "--data.critiques_per_response=4",
     "--data.eval_max_questions=4",
     "--data.eval_samples=0",
-    "--data.batch_size=16",
+    "--data.batch_size=16",  # 32 responses + up to 16 critiques: 2-3 optimizer steps per round
 ]
 
 
-def test_resume_from_last_checkpoint_is_exact(tmp_path):
-    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
-    cli_main(["fit", *ARGS, "--trainer.max_epochs=4", f"--trainer.default_root_dir={straight}", f"--model.export_dir={straight / 'hf'}"])
-    cli_main(["fit", *ARGS, "--trainer.max_epochs=2", f"--trainer.default_root_dir={first}", f"--model.export_dir={first / 'hf'}"])
+def _fit(root: Path, *extra: str) -> None:
+    cli_main(["fit", *ARGS, f"--trainer.default_root_dir={root}", f"--model.export_dir={root / 'hf'}", *extra])
+
+
+def _max_weight_difference(a: Path, b: Path) -> float:
+    wa = AutoModelForCausalLM.from_pretrained(a).state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(b).state_dict()
+    return max((wa[name] - wb[name]).abs().max().item() for name in wa)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("straight")
+    _fit(root, "--trainer.max_epochs=3")
+    return root
+
+
+def test_resume_at_round_boundary_is_exact(straight_run, tmp_path):
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    _fit(first, "--trainer.max_epochs=2")
     (checkpoint,) = first.rglob("last.ckpt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert state["RolloutDataModule"]["round_index"] == 2
-    cli_main(
-        ["fit", *ARGS, "--trainer.max_epochs=4", f"--trainer.default_root_dir={resumed}",
-         f"--model.export_dir={resumed / 'hf'}", f"--ckpt_path={checkpoint}"]
+    assert state["RolloutDataModule"]["ranks"][0]["pending_batches"] == []
+    _fit(resumed, "--trainer.max_epochs=3", f"--ckpt_path={checkpoint}")
+    assert _max_weight_difference(first / "hf", straight_run / "hf") > 0  # the last round did train
+    difference = _max_weight_difference(straight_run / "hf", resumed / "hf")
+    assert difference == 0.0, f"resumed run differs from the straight run by {difference}"
+
+
+def test_sigterm_inside_a_round_leaves_a_checkpoint_that_resumes_exactly(straight_run, tmp_path):
+    stopped, resumed = tmp_path / "stopped", tmp_path / "resumed"
+    callbacks = tmp_path / "sigterm.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n    - class_path: sorl.Evaluation\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args:\n        save_last: true\n    - class_path: sorl.PreemptionCheckpoint\n"
+        "    - class_path: ddp_helpers.SigtermAtStep\n      init_args:\n        step: 4\n"
     )
-    a = AutoModelForCausalLM.from_pretrained(straight / "hf").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(resumed / "hf").state_dict()
-    c = AutoModelForCausalLM.from_pretrained(first / "hf").state_dict()
-    assert any(not torch.equal(a[name], c[name]) for name in a)  # the last two rounds did train
-    max_diff = max((a[name] - b[name]).abs().max().item() for name in a)
-    assert max_diff == 0.0, f"resumed run differs from the straight run by {max_diff}"
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+        _fit(stopped, "--trainer.max_epochs=3", "--config", str(callbacks))
+    (checkpoint,) = stopped.rglob("last.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4
+    rank_state = state["RolloutDataModule"]["ranks"][0]
+    assert rank_state["pending_batches"], "the checkpoint should fall inside round 1"
+    assert state["RolloutDataModule"]["round_index"] == 2  # round 1 was built before the stop
+    _fit(resumed, "--trainer.max_epochs=3", f"--ckpt_path={checkpoint}")
+    difference = _max_weight_difference(straight_run / "hf", resumed / "hf")
+    assert difference == 0.0, f"resumed run differs from the straight run by {difference}"
