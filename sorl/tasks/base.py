@@ -15,6 +15,7 @@ class Question:
     id: str
     text: str  # the question as the model sees it inside a prompt
     gold: str  # the gold final answer, never shown in a critique prompt
+    dataset: str = ""  # the evaluation set it belongs to; evaluation reports accuracy per dataset
 
 
 @dataclass(frozen=True)

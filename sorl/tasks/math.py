@@ -1,0 +1,338 @@
+"""Maths word problems with rule-verified answers, from local JSONL files (or ``datasets`` folders).
+
+Each file is a :class:`MathDataset`: its path, the fields holding the question and the gold answer,
+and how the gold is written (``answer_format``). Presets cover the formats of the paper's data:
+
+==================  ===============  ================  =========================================
+preset              question field   answer field      gold answer
+==================  ===============  ================  =========================================
+``gsm8k``           ``question``     ``answer``        the text after the last ``####``
+``math``            ``problem``      ``answer``        the field as written (Math-500)
+``minerva``         ``problem``      ``solution``      the last ``\\boxed{...}`` (nested braces)
+``amc``             ``question``     ``answer``        the number (``27.0``)
+``olympiadbench``   ``question``     ``final_answer``  a list (or a string holding one), joined
+==================  ===============  ================  =========================================
+
+Responses are asked to end with ``\\boxed{...}``; :class:`~sorl.verify.MathVerifier` compares
+it with the gold using math-verify under a time bound. Critiques end with ``Verdict: right`` or
+``Verdict: wrong``. Prompts are plain text: the DataModule wraps them in the model's chat template.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sorl.rewards import parse_verdict
+from sorl.tasks.base import CritiqueExample, Question
+from sorl.verify import MathVerifier, last_boxed
+
+AnswerFormat = Literal["plain", "gsm8k", "last_boxed", "list"]
+Preset = Literal["gsm8k", "math", "minerva", "amc", "olympiadbench"]
+
+# preset -> (question field, answer field, answer format)
+_PRESETS: dict[str, tuple[str, str, AnswerFormat]] = {
+    "gsm8k": ("question", "answer", "gsm8k"),
+    "math": ("problem", "answer", "plain"),
+    "minerva": ("problem", "solution", "last_boxed"),
+    "amc": ("question", "answer", "plain"),
+    "olympiadbench": ("question", "final_answer", "list"),
+}
+
+MAX_GOLD_SOURCE_CHARS = 100_000  # a gold field longer than this is not an answer
+
+DEFAULT_ANSWER_TEMPLATE = (
+    "{question}\n\nSolve the problem step by step. "
+    "End your response with the final answer written as \\boxed{ANSWER}."
+)
+DEFAULT_CRITIQUE_TEMPLATE = (
+    "Below are a math problem and a proposed solution. Check the solution step by step. "
+    'Then end your critique with "Verdict: right" if its final answer is correct, '
+    'or "Verdict: wrong" if it is not.\n\n'
+    "Problem:\n{question}\n\nProposed solution:\n{response}"
+)
+DEFAULT_REFINEMENT_TEMPLATE = (
+    "Below are a math problem, a proposed solution and a critique of it.\n\n"
+    "Problem:\n{question}\n\nProposed solution:\n{response}\n\nCritique:\n{critique}\n\n"
+    "Write a corrected solution step by step. "
+    "End it with the final answer written as \\boxed{ANSWER}."
+)
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]+)\}")
+
+
+@dataclass
+class MathDataset:
+    """One file of maths questions with gold answers.
+
+    Args:
+        path: a JSONL file (one JSON object per line), or anything ``datasets`` loads from disk: a
+            folder saved with ``save_to_disk``, or a ``.json``/``.csv``/``.parquet`` file.
+        name: the name evaluation reports it under; defaults to the file's folder name.
+        preset: fills ``question_field``, ``answer_field`` and ``answer_format`` (see module doc).
+        question_field, answer_field: the row fields holding the question and the gold answer.
+        answer_format: ``plain`` (the field as is), ``gsm8k`` (after the last ``####``),
+            ``last_boxed`` (the last ``\\boxed{}``), ``list`` (a list of answers, joined by ``, ``).
+        limit: use only the first ``limit`` rows (None: all).
+        split: the split to take when ``datasets`` returns several.
+    """
+
+    path: str
+    name: str | None = None
+    preset: Preset | None = None
+    question_field: str | None = None
+    answer_field: str | None = None
+    answer_format: AnswerFormat | None = None
+    limit: int | None = None
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in _PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(_PRESETS)}")
+            question_field, answer_field, answer_format = _PRESETS[self.preset]
+            self.question_field = self.question_field or question_field
+            self.answer_field = self.answer_field or answer_field
+            self.answer_format = self.answer_format or answer_format
+        self.question_field = self.question_field or "question"
+        self.answer_field = self.answer_field or "answer"
+        self.answer_format = self.answer_format or "plain"
+        if self.answer_format not in ("plain", "gsm8k", "last_boxed", "list"):
+            raise ValueError(f"unknown answer_format {self.answer_format!r}")
+        if self.name is None:
+            self.name = Path(self.path).parent.name if Path(self.path).suffix else Path(self.path).name
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The raw rows, up to ``limit``."""
+        path = Path(self.path)
+        if path.suffix == ".jsonl":
+            rows = []
+            with path.open(encoding="utf-8") as handle:
+                for line_number, line in enumerate(handle, 1):
+                    if self.limit is not None and len(rows) >= self.limit:
+                        break
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as error:
+                            raise ValueError(f"{path}:{line_number}: not a JSON object ({error})") from error
+            return rows
+        try:
+            import datasets
+        except ImportError as error:
+            raise ImportError(f"reading {path} needs the datasets package (pip install datasets); JSONL does not") from error
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            builder = {".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
+            if builder is None:
+                raise ValueError(f"{path}: expected .jsonl, .json, .csv, .parquet or a saved datasets folder")
+            loaded = datasets.load_dataset(builder, data_files=str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if self.split not in loaded:
+                raise ValueError(f"{path} has splits {sorted(loaded)}, not {self.split!r}")
+            loaded = loaded[self.split]
+        count = len(loaded) if self.limit is None else min(self.limit, len(loaded))
+        return [loaded[i] for i in range(count)]
+
+    def questions(self) -> list[Question]:
+        """Questions with gold answers; a row without a question or gold is an error naming it."""
+        questions = []
+        for index, row in enumerate(self.rows()):
+            where = f"{self.path} row {index}"
+            if self.question_field not in row or self.answer_field not in row:
+                raise ValueError(f"{where}: needs fields {self.question_field!r} and {self.answer_field!r}, has {sorted(row)}")
+            text = row[self.question_field]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{where}: empty or non-text question")
+            gold = extract_gold(row[self.answer_field], self.answer_format)
+            if not gold:
+                raise ValueError(f"{where}: no gold answer in {self.answer_field!r} ({self.answer_format})")
+            questions.append(Question(f"{self.name}-{index}", text, gold, self.name))
+        return questions
+
+
+def extract_gold(value: Any, answer_format: AnswerFormat) -> str | None:
+    """The gold answer held by a row's answer field, as LaTeX-or-plain text without ``$``."""
+    if answer_format == "list":
+        items = _as_list(value)
+        if items is None:
+            return None
+        return ", ".join(_strip_math(str(item)) for item in items if _strip_math(str(item)))
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value)[:MAX_GOLD_SOURCE_CHARS]
+    if answer_format == "gsm8k":
+        if "####" not in text:
+            return None
+        text = text.rsplit("####", 1)[1]
+        text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
+    elif answer_format == "last_boxed":
+        text = last_boxed(text) or ""
+    return _strip_math(text)
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """A list field, or a string holding a JSON or Python list literal (parsed as data)."""
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str) or len(value) > MAX_GOLD_SOURCE_CHARS:
+        return None
+    for parse in (json.loads, ast.literal_eval):  # literal_eval reads literals only, never runs code
+        try:
+            parsed = parse(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        return parsed if isinstance(parsed, list) else [parsed]
+    return [value]
+
+
+def _strip_math(text: str) -> str:
+    """Without ``$`` delimiters and surrounding space or a trailing full stop."""
+    return text.replace("$", "").strip().rstrip(".").strip()
+
+
+def fill(template: str, **values: str) -> str:
+    """``template`` with ``{name}`` placeholders replaced in one pass (a value's own braces stay)."""
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+
+
+def _check_template(name: str, template: str, required: set[str], allowed: set[str]) -> None:
+    found = set(_PLACEHOLDER_RE.findall(template)) & (allowed | {"gold", "answer", "solution"})
+    if not required <= found:
+        raise ValueError(f"{name} must contain {sorted('{' + r + '}' for r in required)}: {template!r}")
+    if found - allowed:
+        raise ValueError(f"{name} may only use {sorted('{' + a + '}' for a in allowed)}, found {sorted(found - allowed)}")
+
+
+class MathTask:
+    """Maths questions from files, answers verified by math-verify, critiques ending in a verdict.
+
+    Args:
+        train: the training pool (e.g. GSM8K train). Questions whose text is also an evaluation
+            question are left out.
+        eval: evaluation sets; accuracy is reported per set (``MathDataset.name``) and averaged.
+        critique_set: JSONL of the balanced critique evaluation set (``python -m sorl.critique_set``);
+            ``None``: no critique evaluation.
+        answer_template: holds ``{question}``.
+        critique_template: holds ``{question}`` and ``{response}``; never the gold answer.
+        refinement_template: holds ``{question}``, ``{response}`` and ``{critique}``.
+        verdict_prefix, verdict_right, verdict_wrong: how a critique states its verdict.
+        verify_timeout: seconds one verification may take before it scores 0.
+        boxed_only: read a response's answer only from its last ``\\boxed{}`` (or an explicit
+            "final answer is $...$"); ``False`` also accepts bare LaTeX.
+    """
+
+    def __init__(
+        self,
+        train: Sequence[MathDataset] = (),
+        eval: Sequence[MathDataset] = (),
+        critique_set: str | None = None,
+        answer_template: str = DEFAULT_ANSWER_TEMPLATE,
+        critique_template: str = DEFAULT_CRITIQUE_TEMPLATE,
+        refinement_template: str = DEFAULT_REFINEMENT_TEMPLATE,
+        verdict_prefix: str = "Verdict:",
+        verdict_right: str = "right",
+        verdict_wrong: str = "wrong",
+        verify_timeout: float = 5.0,
+        boxed_only: bool = True,
+    ) -> None:
+        _check_template("answer_template", answer_template, {"question"}, {"question"})
+        _check_template("critique_template", critique_template, {"question", "response"}, {"question", "response"})
+        _check_template(
+            "refinement_template", refinement_template, {"question", "response", "critique"}, {"question", "response", "critique"}
+        )
+        names = [d.name for d in eval]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation sets need distinct names, got {names}")
+        self.train = list(train)
+        self.eval = list(eval)
+        self.critique_set = critique_set
+        self.answer_template = answer_template
+        self.critique_template = critique_template
+        self.refinement_template = refinement_template
+        self.verdict_prefix = verdict_prefix
+        self.verdict_right = verdict_right
+        self.verdict_wrong = verdict_wrong
+        self.verifier = MathVerifier(timeout=verify_timeout, boxed_only=boxed_only)
+        self._train: list[Question] | None = None
+        self._eval: list[Question] | None = None
+        self._critique_eval: list[CritiqueExample] | None = None
+
+    # ---- questions -------------------------------------------------------------------------------
+
+    def train_questions(self) -> list[Question]:
+        if self._train is None:
+            held_out = {q.text for q in self.eval_questions()}
+            self._train = [q for dataset in self.train for q in dataset.questions() if q.text not in held_out]
+        return self._train
+
+    def eval_questions(self) -> list[Question]:
+        if self._eval is None:
+            self._eval = [q for dataset in self.eval for q in dataset.questions()]
+        return self._eval
+
+    def critique_eval_set(self) -> list[CritiqueExample]:
+        if self._critique_eval is None:
+            self._critique_eval = [] if self.critique_set is None else read_critique_set(self.critique_set)
+        return self._critique_eval
+
+    # ---- prompts ---------------------------------------------------------------------------------
+
+    def answer_prompt(self, question: Question) -> str:
+        return fill(self.answer_template, question=question.text)
+
+    def critique_prompt(self, question: Question, response: str) -> str:
+        return fill(self.critique_template, question=question.text, response=response)
+
+    def refinement_prompt(self, question: Question, response: str, critique: str) -> str:
+        return fill(self.refinement_template, question=question.text, response=response, critique=critique)
+
+    # ---- rewards ---------------------------------------------------------------------------------
+
+    def verify(self, question: Question, response: str) -> float:
+        """1 when the response's last ``\\boxed{}`` equals the gold (math-verify, time-bounded)."""
+        return self.verifier(question.gold, response)
+
+    def parse_verdict(self, critique: str) -> bool | None:
+        """The last ``Verdict: right`` / ``Verdict: wrong``; None when absent."""
+        return parse_verdict(critique, self.verdict_right, self.verdict_wrong, self.verdict_prefix)
+
+
+def read_critique_set(path: str) -> list[CritiqueExample]:
+    """A critique set written by ``python -m sorl.critique_set``: one labelled response per line."""
+    examples = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question = Question(str(row["id"]), row["question"], row["gold"], row["dataset"])
+                examples.append(CritiqueExample(question, row["response"], bool(row["is_right"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"{path}:{line_number}: expected id, question, gold, dataset, response, is_right ({error})"
+                ) from error
+    return examples
+
+
+def write_critique_set(path: str, examples: Sequence[CritiqueExample]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for e in examples:
+            row = {
+                "dataset": e.question.dataset,
+                "id": e.question.id,
+                "question": e.question.text,
+                "gold": e.question.gold,
+                "response": e.response,
+                "is_right": e.is_right,
+            }
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

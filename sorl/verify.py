@@ -1,0 +1,283 @@
+"""Time-bounded maths answer verification with math-verify, for untrusted model text.
+
+math-verify bounds its own work with ``signal.alarm``, which only works on the main thread of the
+main interpreter. sorl turns those timeouts off (``parsing_timeout=None``, ``timeout_seconds=None``)
+and bounds the work itself, from any thread, with two processes:
+
+- a *server* subprocess (``python -c "from sorl.verify import serve; serve()"``) imports
+  math-verify and sympy once (seconds), then forks a *worker* that inherits them;
+- each call sends (gold, response) to the server, which hands it to the worker and waits at most
+  ``timeout`` seconds. A worker that overruns (sympy simplifying ``9^{9^{9^{9}}}``, say) is killed
+  and replaced by a fresh fork in milliseconds, and the call scores 0.
+
+The caller waits ``timeout`` plus a small slack; if even the server does not answer, it is killed
+and restarted. Workers also run under an address-space limit, so a huge allocation fails fast.
+Only LaTeX extraction is used: math-verify's plain-expression extraction goes through
+``sympy.parse_expr``, which evaluates Python code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+#: Characters of a response the verifier reads: the last ones, since the answer ends the response.
+MAX_RESPONSE_CHARS = 4096
+#: Characters of a gold answer; longer golds are a data error, reported as such.
+MAX_GOLD_CHARS = 1024
+#: Seconds the caller waits beyond ``timeout`` for the server to kill a worker and reply.
+SERVER_SLACK = 2.0
+
+_TIMEOUT_REPLY = b"timeout\n"
+
+
+class MathVerifier:
+    """``verify(gold, response) -> 1.0 | 0.0`` with math-verify, each call bounded by ``timeout``
+    seconds (plus :data:`SERVER_SLACK` in the worst case), safe to call from any thread.
+
+    Args:
+        timeout: seconds one verification may take; past it the worker is killed and it scores 0.
+        startup_timeout: seconds the server may take to import math-verify and sympy (first call).
+        memory_limit_mb: address-space limit of a worker; an allocation beyond it scores 0.
+        boxed_only: read the response's answer only from ``\\boxed{}`` (the last one) or an anchor
+            such as "final answer is $...$"; ``False`` also takes bare LaTeX anywhere in the text.
+        float_rounding, numeric_precision: math-verify's numeric comparison settings.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        startup_timeout: float = 120.0,
+        memory_limit_mb: int = 4096,
+        boxed_only: bool = True,
+        float_rounding: int = 6,
+        numeric_precision: int = 15,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.timeout = timeout
+        self.startup_timeout = startup_timeout
+        self.memory_limit_mb = memory_limit_mb
+        self.boxed_only = boxed_only
+        self.float_rounding = float_rounding
+        self.numeric_precision = numeric_precision
+        self.timeouts = 0  # calls that ran past the bound
+        self._lock = threading.Lock()  # one call at a time on the pipe
+        self._server: subprocess.Popen | None = None
+
+    def __call__(self, gold: str, response: str) -> float:
+        return self.verify(gold, response)
+
+    def verify(self, gold: str, response: str) -> float:
+        """1.0 when the response's final answer equals ``gold`` (LaTeX or plain), else 0.0."""
+        if not isinstance(gold, str) or not isinstance(response, str):
+            raise TypeError(f"gold and response must be str, got {type(gold).__name__}, {type(response).__name__}")
+        if len(gold) > MAX_GOLD_CHARS:
+            raise ValueError(f"gold answer of {len(gold)} characters is longer than {MAX_GOLD_CHARS}: {gold[:80]!r}...")
+        request = {
+            "gold": gold,
+            "response": response[-MAX_RESPONSE_CHARS:],
+            "boxed_only": self.boxed_only,
+            "float_rounding": self.float_rounding,
+            "numeric_precision": self.numeric_precision,
+        }
+        with self._lock:
+            server = self._running_server()
+            try:
+                server.stdin.write(json.dumps(request).encode() + b"\n")
+                reply = _read_line(server.stdout.fileno(), self.timeout + SERVER_SLACK)
+            except OSError:  # the server died
+                reply = None
+            if reply is None or reply == b"":  # no answer at all: start the server afresh
+                self._stop()
+                reply = _TIMEOUT_REPLY
+            if reply == _TIMEOUT_REPLY:
+                self.timeouts += 1
+                return 0.0
+            return float(reply)
+
+    def close(self) -> None:
+        """Stops the server and its worker; a later call starts new ones."""
+        with self._lock:
+            self._stop()
+
+    def _running_server(self) -> subprocess.Popen:
+        """The server, started when there is none. A plain subprocess, not multiprocessing: no
+        re-import of the caller's ``__main__``, no copy of its threads or model weights."""
+        if self._server is None:
+            package_root = str(Path(__file__).resolve().parent.parent)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+            code = f"from sorl.verify import serve; serve({self.timeout!r}, {self.memory_limit_mb!r})"
+            self._server = subprocess.Popen(
+                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env
+            )
+            ready = _read_line(self._server.stdout.fileno(), self.startup_timeout)
+            if ready != b"ready\n":
+                self._stop()
+                raise RuntimeError(f"the math-verify server did not start within {self.startup_timeout} s (got {ready!r})")
+        return self._server
+
+    def _stop(self) -> None:
+        if self._server is not None:
+            self._server.kill()  # its worker sees the pipes close and exits
+            self._server.wait(timeout=10)
+            self._server.stdin.close()
+            self._server.stdout.close()
+        self._server = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy (e.g. in another process) starts its own server
+        state = dict(self.__dict__)
+        state.update(_lock=None, _server=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        if self.__dict__.get("_server") is not None:
+            self._stop()
+
+
+def _read_line(fd: int, timeout: float) -> bytes | None:
+    """One line from a pipe: ``b""`` if the writer closed it, None if no full line came in time.
+    Replies are short lines, written whole, one per request."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return None
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+# -------------------------------------------------------------------- the server and its worker
+def serve(timeout: float, memory_limit_mb: int) -> None:
+    """The server's loop: one JSON request per stdin line, one reply per stdout line (a reward,
+    or ``timeout``). Runs each request in a forked worker, bounded by ``timeout`` seconds."""
+    channel = os.dup(1)
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the reply channel
+    sys.stdout = sys.stderr
+    import math_verify  # noqa: F401  (imported before forking so that every worker starts warm)
+
+    # math-verify warns once that its own timeouts are off; sorl's bound replaces them
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    worker = _fork_worker(memory_limit_mb)
+    os.write(channel, b"ready\n")
+    for line in sys.stdin.buffer:
+        pid, request_fd, reply_fd = worker
+        reply = None
+        try:
+            os.write(request_fd, line)
+            reply = _read_line(reply_fd, timeout)
+        except OSError:  # the worker died
+            pass
+        if not reply:  # overran (None) or died (b""): a fresh fork takes its place
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(request_fd)
+            os.close(reply_fd)
+            worker = _fork_worker(memory_limit_mb)
+            reply = _TIMEOUT_REPLY
+        os.write(channel, reply)
+
+
+def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
+    """A forked worker answering requests on its own pipes: (pid, request fd, reply fd)."""
+    request_read, request_write = os.pipe()
+    reply_read, reply_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: never returns
+        os.close(request_write)
+        os.close(reply_read)
+        limit = memory_limit_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        requests = os.fdopen(request_read, "rb")
+        for line in requests:
+            try:
+                request = json.loads(line)
+                result = verify_answer(
+                    request["gold"],
+                    request["response"],
+                    request["boxed_only"],
+                    request["float_rounding"],
+                    request["numeric_precision"],
+                )
+            except Exception:  # malformed text (or MemoryError) scores 0, never stops the worker
+                result = 0.0
+            os.write(reply_write, f"{result}\n".encode())
+        os._exit(0)
+    os.close(request_read)
+    os.close(reply_write)
+    return pid, request_write, reply_read
+
+
+def verify_answer(
+    gold: str, response: str, boxed_only: bool = True, float_rounding: int = 6, numeric_precision: int = 15
+) -> float:
+    """The comparison itself, unbounded: call it through :class:`MathVerifier`, never directly on
+    model text in the main process."""
+    from math_verify import parse, verify
+
+    boxed = last_boxed(response)
+    if boxed is not None:  # math-verify would take the first \boxed{}; the final answer is the last
+        response = f"\\boxed{{{boxed}}}"
+    target = parse(response, _response_config(boxed_only), parsing_timeout=None)
+    if not target:
+        return 0.0
+    return float(
+        verify(
+            _parse_gold(gold),
+            target,
+            float_rounding=float_rounding,
+            numeric_precision=numeric_precision,
+            timeout_seconds=None,
+        )
+    )
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` whose braces balance (nested braces allowed)."""
+    end = len(text)
+    while True:
+        start = text.rfind("\\boxed{", 0, end)
+        if start < 0:
+            return None
+        depth = 0
+        for position in range(start + len("\\boxed"), len(text)):
+            char = text[position]
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start + len("\\boxed{") : position]
+        end = start  # unbalanced: try the one before
+
+
+@lru_cache(maxsize=8192)
+def _parse_gold(gold: str) -> list[Any]:
+    from math_verify import LatexExtractionConfig, parse
+
+    # A gold is an answer, not a text: boxing it makes math-verify read all of it as LaTeX.
+    return parse(f"\\boxed{{{gold}}}", [LatexExtractionConfig(boxed_match_priority=0)], parsing_timeout=None)
+
+
+@lru_cache(maxsize=2)
+def _response_config(boxed_only: bool) -> list[Any]:
+    from math_verify import LatexExtractionConfig
+
+    return [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=not boxed_only)]
