@@ -6,7 +6,8 @@ from sorl.engines import HFEngine, RolloutEngine, SamplingParams
 from sorl.loss import GRPOLoss, group_advantages
 from sorl.module import GCRLModule
 from sorl.sft import SFTDataModule, SFTModule
-from sorl.tasks import ArithmeticTask, CritiqueExample, Question, Task
+from sorl.tasks import ArithmeticTask, CritiqueExample, MathDataset, MathTask, Question, Task
+from sorl.verify import MathVerifier
 
 __all__ = [
     "ArithmeticTask",
@@ -16,6 +17,9 @@ __all__ = [
     "GRPOLoss",
     "HFEngine",
     "LabelBalancing",
+    "MathDataset",
+    "MathTask",
+    "MathVerifier",
     "PreemptionCheckpoint",
     "Question",
     "RewardDenoising",
