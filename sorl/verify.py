@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import select
 import signal
@@ -29,7 +30,7 @@ import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Literal
 
 #: Characters of a response the verifier reads: the last ones, since the answer ends the response.
 MAX_RESPONSE_CHARS = 4096
@@ -39,6 +40,9 @@ MAX_GOLD_CHARS = 1024
 SERVER_SLACK = 2.0
 
 _TIMEOUT_REPLY = b"timeout\n"
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # 1,234.5: a plain number; math-verify reads the commas
+
+Fallback = Literal["none", "latex", "last_number"]
 
 
 class MathVerifier:
@@ -49,8 +53,10 @@ class MathVerifier:
         timeout: seconds one verification may take; past it the worker is killed and it scores 0.
         startup_timeout: seconds the server may take to import math-verify and sympy (first call).
         memory_limit_mb: address-space limit of a worker; an allocation beyond it scores 0.
-        boxed_only: read the response's answer only from ``\\boxed{}`` (the last one) or an anchor
-            such as "final answer is $...$"; ``False`` also takes bare LaTeX anywhere in the text.
+        fallback: where the answer is read from when the response has no ``\\boxed{}`` (whose last
+            one is always the answer): ``none``, only an anchored ``final answer is $...$``;
+            ``latex``, also bare LaTeX (``$...$``) anywhere; ``last_number``, the last plain number
+            in the text (lenient, for small models that do not box their answers).
         float_rounding, numeric_precision: math-verify's numeric comparison settings.
     """
 
@@ -59,7 +65,7 @@ class MathVerifier:
         timeout: float = 5.0,
         startup_timeout: float = 120.0,
         memory_limit_mb: int = 4096,
-        boxed_only: bool = True,
+        fallback: Fallback = "none",
         float_rounding: int = 6,
         numeric_precision: int = 15,
     ) -> None:
@@ -68,7 +74,9 @@ class MathVerifier:
         self.timeout = timeout
         self.startup_timeout = startup_timeout
         self.memory_limit_mb = memory_limit_mb
-        self.boxed_only = boxed_only
+        if fallback not in ("none", "latex", "last_number"):
+            raise ValueError(f"fallback must be none, latex or last_number, got {fallback!r}")
+        self.fallback = fallback
         self.float_rounding = float_rounding
         self.numeric_precision = numeric_precision
         self.timeouts = 0  # calls that ran past the bound
@@ -87,7 +95,7 @@ class MathVerifier:
         request = {
             "gold": gold,
             "response": response[-MAX_RESPONSE_CHARS:],
-            "boxed_only": self.boxed_only,
+            "fallback": self.fallback,
             "float_rounding": self.float_rounding,
             "numeric_precision": self.numeric_precision,
         }
@@ -212,7 +220,7 @@ def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
                 result = verify_answer(
                     request["gold"],
                     request["response"],
-                    request["boxed_only"],
+                    request["fallback"],
                     request["float_rounding"],
                     request["numeric_precision"],
                 )
@@ -226,7 +234,7 @@ def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
 
 
 def verify_answer(
-    gold: str, response: str, boxed_only: bool = True, float_rounding: int = 6, numeric_precision: int = 15
+    gold: str, response: str, fallback: Fallback = "none", float_rounding: int = 6, numeric_precision: int = 15
 ) -> float:
     """The comparison itself, unbounded: call it through :class:`MathVerifier`, never directly on
     model text in the main process."""
@@ -235,7 +243,10 @@ def verify_answer(
     boxed = last_boxed(response)
     if boxed is not None:  # math-verify would take the first \boxed{}; the final answer is the last
         response = f"\\boxed{{{boxed}}}"
-    target = parse(response, _response_config(boxed_only), parsing_timeout=None)
+    elif fallback == "last_number":
+        numbers = _NUMBER_RE.findall(response)
+        response = f"\\boxed{{{numbers[-1]}}}" if numbers else ""
+    target = parse(response, _response_config(fallback == "latex"), parsing_timeout=None)
     if not target:
         return 0.0
     return float(
@@ -277,7 +288,7 @@ def _parse_gold(gold: str) -> list[Any]:
 
 
 @lru_cache(maxsize=2)
-def _response_config(boxed_only: bool) -> list[Any]:
+def _response_config(bare_latex: bool) -> list[Any]:
     from math_verify import LatexExtractionConfig
 
-    return [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=not boxed_only)]
+    return [LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=bare_latex)]

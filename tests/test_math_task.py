@@ -204,3 +204,30 @@ def test_critique_set_round_trip(tmp_path):
     write_critique_set(str(path), examples)
     assert read_critique_set(str(path)) == examples
     assert MathTask(critique_set=str(path)).critique_eval_set() == examples
+
+
+@pytest.mark.parametrize(
+    "fallback, response, reward",
+    [
+        ("none", "The final answer is 1,000.", 0.0),
+        ("none", "The final answer is $1000$.", 1.0),  # math-verify's own anchor
+        ("latex", "we get $1000$ in the end", 1.0),
+        ("latex", "The final answer is 1,000.", 0.0),
+        ("last_number", "3 + 997 = 1,000.", 1.0),
+        ("last_number", "1000 was wrong, it is 999", 0.0),
+        ("last_number", "\\boxed{999} and 1000", 0.0),  # a boxed answer always wins
+        ("last_number", "no number", 0.0),
+    ],
+)
+def test_answer_fallback_when_nothing_is_boxed(tasks_by_fallback, fallback, response, reward):
+    if fallback not in tasks_by_fallback:
+        tasks_by_fallback[fallback] = MathTask(answer_fallback=fallback)
+    assert tasks_by_fallback[fallback].verify(Question("q", "?", "1000"), response) == reward
+
+
+@pytest.fixture(scope="module")
+def tasks_by_fallback():
+    tasks = {}
+    yield tasks
+    for task in tasks.values():
+        task.verifier.close()

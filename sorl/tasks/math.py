@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from sorl.rewards import parse_verdict
 from sorl.tasks.base import CritiqueExample, Question
-from sorl.verify import MathVerifier, last_boxed
+from sorl.verify import Fallback, MathVerifier, last_boxed
 
 AnswerFormat = Literal["plain", "gsm8k", "last_boxed", "list"]
 Preset = Literal["gsm8k", "math", "minerva", "amc", "olympiadbench"]
@@ -225,8 +225,9 @@ class MathTask:
         refinement_template: holds ``{question}``, ``{response}`` and ``{critique}``.
         verdict_prefix, verdict_right, verdict_wrong: how a critique states its verdict.
         verify_timeout: seconds one verification may take before it scores 0.
-        boxed_only: read a response's answer only from its last ``\\boxed{}`` (or an explicit
-            "final answer is $...$"); ``False`` also accepts bare LaTeX.
+        answer_fallback: where the answer is read from when a response has no ``\\boxed{}``:
+            ``none`` (only "final answer is $...$"), ``latex`` (bare LaTeX too) or ``last_number``
+            (the last plain number; lenient, for small models that do not box their answers).
     """
 
     def __init__(
@@ -241,7 +242,7 @@ class MathTask:
         verdict_right: str = "right",
         verdict_wrong: str = "wrong",
         verify_timeout: float = 5.0,
-        boxed_only: bool = True,
+        answer_fallback: Fallback = "none",
     ) -> None:
         _check_template("answer_template", answer_template, {"question"}, {"question"})
         _check_template("critique_template", critique_template, {"question", "response"}, {"question", "response"})
@@ -260,7 +261,7 @@ class MathTask:
         self.verdict_prefix = verdict_prefix
         self.verdict_right = verdict_right
         self.verdict_wrong = verdict_wrong
-        self.verifier = MathVerifier(timeout=verify_timeout, boxed_only=boxed_only)
+        self.verifier = MathVerifier(timeout=verify_timeout, fallback=answer_fallback)
         self._train: list[Question] | None = None
         self._eval: list[Question] | None = None
         self._critique_eval: list[CritiqueExample] | None = None
