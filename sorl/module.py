@@ -91,6 +91,9 @@ class GCRLModule(LightningModule):
         self.eval_crit_f1 = BinaryF1Score()
         self.eval_verdict_wrong_share = MeanMetric()
         self.eval_verdict_parse_failures = MeanMetric()
+        # Per evaluation set (Question.dataset), (metric, dataset) -> [sum, count]; reduced over ranks
+        # by name, since a rank's shard need not hold every set.
+        self._eval_dataset_sums: dict[tuple[str, str], list[float]] = {}
         self._epoch_started = 0.0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient
 
@@ -193,6 +196,7 @@ class GCRLModule(LightningModule):
             outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
             correct = torch.tensor([task.verify(q, out[0].text) for q, out in zip(questions, outputs)])
             self.eval_gen_acc.update(correct.to(self.device))
+            self._add_dataset_sums("gen_acc", [q.dataset for q in questions], correct.tolist())
             if datamodule.eval_samples > 0:
                 outputs = engine.generate(prompts, datamodule.eval_samples, datamodule.sampling, seed=datamodule.seed)
                 sampled = torch.tensor([[task.verify(q, o.text) for o in out] for q, out in zip(questions, outputs)])
@@ -212,6 +216,38 @@ class GCRLModule(LightningModule):
             metric.update(predicted.long(), target.long())
         self.eval_verdict_wrong_share.update(torch.tensor([v is False for v in verdicts], device=self.device).float())
         self.eval_verdict_parse_failures.update(torch.tensor([v is None for v in verdicts], device=self.device).float())
+        self._add_dataset_sums("crit_acc", [e.question.dataset for e in examples], (predicted == target).float().tolist())
+
+    def _add_dataset_sums(self, metric: str, datasets: list[str], values: list[float]) -> None:
+        for dataset, value in zip(datasets, values):
+            if dataset:  # tasks without named sets (the arithmetic task) report totals only
+                sums = self._eval_dataset_sums.setdefault((metric, dataset), [0.0, 0.0])
+                sums[0] += value
+                sums[1] += 1
+
+    def _dataset_metrics(self) -> dict[str, float]:
+        """``eval/<metric>/<dataset>`` and the mean over sets ``eval/<metric>_avg`` (the paper's
+        average), summed over ranks; resets the sums."""
+        sums, self._eval_dataset_sums = self._eval_dataset_sums, {}
+        keys = sorted(sums)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[tuple[str, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(gathered, keys)
+            keys = sorted(set().union(*map(set, gathered)))
+        if not keys:
+            return {}
+        totals = torch.tensor([sums.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
+        values: dict[str, float] = {}
+        per_metric: dict[str, list[float]] = {}
+        for (metric, dataset), (total, count) in zip(keys, totals.tolist()):
+            if count > 0:
+                values[f"eval/{metric}/{dataset}"] = total / count
+                per_metric.setdefault(metric, []).append(total / count)
+        for metric, accuracies in per_metric.items():
+            values[f"eval/{metric}_avg"] = sum(accuracies) / len(accuracies)
+        return values
 
     def compute_eval_metrics(self) -> dict[str, float]:
         """Computes (synchronised across ranks) and resets the evaluation metrics."""
@@ -230,6 +266,7 @@ class GCRLModule(LightningModule):
             if metric.update_count > 0:
                 values[name] = float(metric.compute())
             metric.reset()
+        values.update(self._dataset_metrics())
         return values
 
     def on_validation_epoch_start(self) -> None:

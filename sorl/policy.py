@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -22,23 +23,37 @@ def load_policy(
     dtype: DType = "float32",
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """A causal LM from a local folder, or built fresh from a config dict (``model_type`` required)."""
+    """A causal LM from a local folder or a ``.gguf`` file (de-quantized to ``dtype``; needs the
+    ``gguf`` package), or built fresh from a config dict (``model_type`` required)."""
     torch_dtype = getattr(torch, dtype)
     if config is not None:
         config = dict(config)
         model_config = AutoConfig.for_model(config.pop("model_type"), **config)
         return AutoModelForCausalLM.from_config(model_config, dtype=torch_dtype)
+    folder, gguf_file = _split_gguf(path or EMBEDDED_POLICY)
     return AutoModelForCausalLM.from_pretrained(
-        path or EMBEDDED_POLICY, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        folder, gguf_file=gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code
     )
 
 
 def load_tokenizer(path: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path or EMBEDDED_POLICY, trust_remote_code=trust_remote_code)
+    """The tokenizer of a local folder or ``.gguf`` file; a missing pad token becomes EOS."""
+    folder, gguf_file = _split_gguf(path or EMBEDDED_POLICY)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def _split_gguf(path: str) -> tuple[str, str | None]:
+    """(folder, gguf file name) for a ``.gguf`` path, (path, None) otherwise."""
+    if path.endswith(".gguf"):
+        gguf = Path(path)
+        if not gguf.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        return str(gguf.parent), gguf.name
+    return path, None
 
 
 def completion_logprobs(

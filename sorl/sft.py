@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.utils.data import DataLoader
 
+from sorl.data import encode_prompts
 from sorl.module import export_policy
 from sorl.policy import DType, load_policy, load_tokenizer
 from sorl.tokenizer import build_char_tokenizer
@@ -99,6 +100,10 @@ class SFTDataModule(LightningDataModule):
         num_examples: demonstrations drawn from ``task``.
         critique_share, refinement_share: shares of critique and refinement demonstrations.
         batch_size, max_length: batch shape; longer examples are truncated from the right.
+        chat_template: put each prompt as a user turn of the tokenizer's chat template (the target
+            is the assistant's reply), as :class:`~sorl.data.RolloutDataModule` does for rollouts;
+            ``None`` does so when the tokenizer has a template.
+        system_prompt: a system message before each prompt when the chat template is used.
         seed: demonstration and shuffling seed.
     """
 
@@ -111,6 +116,8 @@ class SFTDataModule(LightningDataModule):
         refinement_share: float = 0.1,
         batch_size: int = 64,
         max_length: int = 256,
+        chat_template: bool | None = None,
+        system_prompt: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -123,6 +130,8 @@ class SFTDataModule(LightningDataModule):
         self.refinement_share = refinement_share
         self.batch_size = batch_size
         self.max_length = max_length
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
         self.seed = seed
         self.examples: list[tuple[str, str]] = []
 
@@ -144,7 +153,7 @@ class SFTDataModule(LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,
             generator=generator,
-            collate_fn=lambda pairs: collate_sft(pairs, tokenizer, self.max_length),
+            collate_fn=lambda pairs: collate_sft(pairs, tokenizer, self.max_length, self.chat_template, self.system_prompt),
         )
 
 
@@ -165,11 +174,18 @@ def read_examples(path: str) -> list[tuple[str, str]]:
     return examples
 
 
-def collate_sft(pairs: list[tuple[str, str]], tokenizer: Any, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``prompt + target + EOS`` ids; labels are -100 outside the target."""
+def collate_sft(
+    pairs: list[tuple[str, str]],
+    tokenizer: Any,
+    max_length: int,
+    chat_template: bool | None = False,
+    system_prompt: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt + target + EOS`` ids; labels are -100 outside the target. Prompts are
+    encoded as rollouts encode them (:func:`~sorl.data.encode_prompts`)."""
     rows, labels = [], []
-    for prompt, target in pairs:
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    all_prompt_ids = encode_prompts(tokenizer, [prompt for prompt, _ in pairs], chat_template, system_prompt)
+    for (prompt, target), prompt_ids in zip(pairs, all_prompt_ids):
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = (prompt_ids + target_ids)[:max_length]
         rows.append(ids)

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+DATASET_METRICS = ("gen_acc", "crit_acc")  # also reported per evaluation set (Question.dataset)
 SUMMARY_KEYS = ("gen_acc", "gen_mean_acc", "crit_acc", "crit_precision", "crit_recall", "crit_f1", "verdict_wrong_share")
 
 
@@ -76,10 +77,18 @@ class Evaluation(Callback):
 
 
 def summary_json(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """``<metric>_before/after`` for the totals, then per evaluation set ``gen_acc_<set>_before``,
+    ``crit_acc_<set>_after``, ... and their averages over sets (``gen_acc_avg_before``, ...)."""
     result: dict[str, float | None] = {}
     for key in SUMMARY_KEYS:
         result[f"{key}_before"] = before.get(f"eval/{key}")
         result[f"{key}_after"] = after.get(f"eval/{key}")
+    for dataset in [*_datasets(before, after), "avg"]:
+        for metric in DATASET_METRICS:
+            key = f"eval/{metric}_avg" if dataset == "avg" else f"eval/{metric}/{dataset}"
+            if key in before or key in after:
+                result[f"{metric}_{dataset}_before"] = before.get(key)
+                result[f"{metric}_{dataset}_after"] = after.get(key)
     return result
 
 
@@ -88,7 +97,27 @@ def summary_table(before: dict[str, float], after: dict[str, float]) -> str:
     for key in SUMMARY_KEYS:
         b, a = before.get(f"eval/{key}"), after.get(f"eval/{key}")
         lines.append(f"{key:<22}{_fmt(b):>10}{_fmt(a):>10}")
+    datasets = _datasets(before, after)
+    if datasets:  # the paper's table: one row per evaluation set, and their average
+        lines += ["", f"{'dataset':<22}" + "".join(f"{m + ' ' + w:>18}" for m in DATASET_METRICS for w in ("before", "after"))]
+        lines.append("-" * (22 + 18 * 2 * len(DATASET_METRICS)))
+        for dataset in [*datasets, "average"]:
+            cells = []
+            for metric in DATASET_METRICS:
+                key = f"eval/{metric}_avg" if dataset == "average" else f"eval/{metric}/{dataset}"
+                cells += [_fmt(before.get(key)), _fmt(after.get(key))]
+            lines.append(f"{dataset:<22}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
+
+
+def _datasets(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    """Evaluation set names in first-seen order, from ``eval/<metric>/<set>`` keys."""
+    names: dict[str, None] = {}
+    for key in [*before, *after]:
+        parts = key.split("/", 2)
+        if len(parts) == 3 and parts[1] in DATASET_METRICS:
+            names[parts[2]] = None
+    return list(names)
 
 
 def _fmt(value: float | None) -> str:
