@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,6 +187,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+def sorl_source() -> dict[str, Any]:
+    """Which sorl an in-process benchmark imported: its folder and, when that is this checkout,
+    the commit and whether sorl/ had uncommitted changes."""
+    import sorl
+
+    folder = Path(sorl.__file__).resolve().parent
+    info: dict[str, Any] = {"path": str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else "outside the checkout"}
+    if folder == REPO_ROOT / "sorl":
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+        info["commit"] = git("rev-parse", "--short", "HEAD")
+        info["uncommitted_changes"] = bool(git("status", "--porcelain", "sorl"))
+    return info
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -220,4 +237,32 @@ def machine_markdown(info: dict[str, Any]) -> str:
     return (
         f"Machine: {info['cpu']}, {info['usable_cores']} usable of {info['cores']} cores, "
         f"torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']}, {info['platform']}."
+    )
+
+
+# ---------------------------------------------------------------------------- sharing the machine
+@contextmanager
+def cpu_lock(path: str | None) -> Iterator[float]:
+    """Holds an exclusive ``flock`` on ``path`` (no-op for None); yields the seconds spent waiting.
+
+    Long benchmarks take the lock per run rather than for their whole length, so that other
+    timed jobs on a shared machine can run between their runs.
+    """
+    if path is None:
+        yield 0.0
+        return
+    import fcntl
+
+    started = time.perf_counter()
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - started
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def add_lock_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock", metavar="PATH", help="flock this file around each run (shared machines: lets other jobs interleave)"
     )
