@@ -308,6 +308,8 @@ class MathTask:
 
 def read_critique_set(path: str) -> list[CritiqueExample]:
     """A critique set written by ``python -m sorl.critique_set``: one labelled response per line."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no critique set at {path}: build it with python -m sorl.critique_set, or set critique_set: null")
     examples = []
     with Path(path).open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):
