@@ -102,7 +102,7 @@ class MathVerifier:
         with self._lock:
             server = self._running_server()
             try:
-                server.stdin.write(json.dumps(request).encode() + b"\n")
+                _write_all(server.stdin.fileno(), json.dumps(request).encode() + b"\n")
                 reply = _read_line(server.stdout.fileno(), self.timeout + SERVER_SLACK)
             except OSError:  # the server died
                 reply = None
@@ -157,6 +157,11 @@ class MathVerifier:
             self._stop()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 def _read_line(fd: int, timeout: float) -> bytes | None:
     """One line from a pipe: ``b""`` if the writer closed it, None if no full line came in time.
     Replies are short lines, written whole, one per request."""
@@ -189,7 +194,7 @@ def serve(timeout: float, memory_limit_mb: int) -> None:
         pid, request_fd, reply_fd = worker
         reply = None
         try:
-            os.write(request_fd, line)
+            _write_all(request_fd, line)
             reply = _read_line(reply_fd, timeout)
         except OSError:  # the worker died
             pass
@@ -200,7 +205,7 @@ def serve(timeout: float, memory_limit_mb: int) -> None:
             os.close(reply_fd)
             worker = _fork_worker(memory_limit_mb)
             reply = _TIMEOUT_REPLY
-        os.write(channel, reply)
+        _write_all(channel, reply)
 
 
 def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
@@ -226,7 +231,7 @@ def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
                 )
             except Exception:  # malformed text (or MemoryError) scores 0, never stops the worker
                 result = 0.0
-            os.write(reply_write, f"{result}\n".encode())
+            _write_all(reply_write, f"{result}\n".encode())
         os._exit(0)
     os.close(request_read)
     os.close(reply_write)
