@@ -11,6 +11,7 @@ import random
 import time
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
@@ -273,7 +275,8 @@ class RolloutDataModule(LightningDataModule):
     ) -> list[list[Completion]]:
         rank, _ = self._rank_world()
         seed = (self.seed * 1_000_003 + self.round_index * 10_007 + rank * 101 + phase) % 2**31
-        return self.engine.generate(prompt_ids, n, sampling, seed=seed)
+        with full_parameters(self.trainer):
+            return self.engine.generate(prompt_ids, n, sampling, seed=seed)
 
     def build_round(self, mode: str) -> Round:
         """Runs both rollouts and the callbacks' hooks; returns the scored round."""
@@ -439,7 +442,8 @@ class RolloutDataModule(LightningDataModule):
         if not self._engine_ready:
             self.engine.setup(module.policy, module.tokenizer)
             self._engine_ready = True
-        self.engine.sync_weights(module.policy)
+        with full_parameters(self.trainer):
+            self.engine.sync_weights(module.policy)
 
     def _round_questions(self) -> list[Question]:
         """This rank's shard of the round's questions: no question twice in a round across ranks."""
@@ -475,6 +479,20 @@ class RolloutDataModule(LightningDataModule):
             gathered = strategy.all_gather(device_tensor)
             return gathered.max(dim=0).values.cpu()
         return strategy.reduce(device_tensor, reduce_op=op).cpu()
+
+
+@contextmanager
+def full_parameters(trainer: Any) -> Iterator[None]:
+    """Whole parameters on every rank while sampling or syncing an engine, when the strategy
+    shards them (Lightning's ``FSDPStrategy``); nothing to do for other strategies. Like TRL's
+    ``unwrap_model_for_generation``: each rank then needs memory for the full policy."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False, recurse=True):
+        yield
 
 
 def encode_prompts(

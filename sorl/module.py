@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
 
+from sorl.data import full_parameters
 from sorl.engines.base import SamplingParams
 from sorl.loss import GRPOLoss
 from sorl.policy import DType, completion_logprobs, load_policy, load_tokenizer
@@ -183,7 +184,8 @@ class GCRLModule(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Generation accuracy on held-out questions, or critique verdicts on a balanced set."""
         datamodule = self.trainer.datamodule
-        self.evaluate_batch(batch, datamodule.task, datamodule.engine, datamodule)
+        with full_parameters(self.trainer):
+            self.evaluate_batch(batch, datamodule.task, datamodule.engine, datamodule)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

@@ -26,7 +26,7 @@ class SigtermAtStep(Callback):
         self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and trainer.global_rank == 0 and not trainer.received_sigterm:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
             os.kill(os.getpid(), signal.SIGTERM)
 
 

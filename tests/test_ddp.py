@@ -1,4 +1,5 @@
-"""Two-process DDP on CPU (gloo): rounds sharded per rank, same step count, identical weights."""
+"""Two-process DDP on CPU (gloo): rounds sharded per rank, same step count, identical weights,
+exact resume from a SIGTERM inside a round, and a crash on one rank ending the job."""
 
 import os
 import subprocess
@@ -12,30 +13,71 @@ from transformers import AutoModelForCausalLM
 from sorl.policy import EMBEDDED_POLICY
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _ddp_fit(root: Path, callbacks: str, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    callbacks_file = root.parent / f"{root.name}-callbacks.yaml"
+    callbacks_file.write_text("trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n" + callbacks)
+    command = [
+        sys.executable, "-m", "sorl", "fit",
+        "--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(callbacks_file),
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=100",
+        f"--trainer.default_root_dir={root}", f"--model.export_dir={root / 'hf'}",
+        "--data.questions_per_round=6", "--data.responses_per_question=4",
+        "--data.critique_pairs_per_round=3", "--data.critiques_per_response=4", "--data.batch_size=8", *extra,
+    ]  # fmt: skip
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _save_weights(dirpath: Path) -> str:
+    return f"    - class_path: ddp_helpers.SaveRankWeights\n      init_args:\n        dirpath: {dirpath}\n"
+
+
+CHECKPOINTS = (
+    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n        save_last: true\n"
+    "    - class_path: sorl.PreemptionCheckpoint\n"
+)
 
 
 @pytest.mark.slow
-def test_two_process_ddp_ends_with_identical_weights(tmp_path):
-    callbacks = tmp_path / "callbacks.yaml"
-    callbacks.write_text(
-        "trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n"
-        f"    - class_path: ddp_helpers.SaveRankWeights\n      init_args:\n        dirpath: {tmp_path / 'weights'}\n"
-    )
-    command = [
-        sys.executable, "-m", "sorl", "fit",
-        "--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(callbacks),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-        "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=100",
-        f"--trainer.default_root_dir={tmp_path}", f"--model.export_dir={tmp_path / 'hf'}",
-        "--data.questions_per_round=6", "--data.responses_per_question=4",
-        "--data.critique_pairs_per_round=3", "--data.critiques_per_response=4", "--data.batch_size=8",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+def test_two_process_ddp_ends_with_identical_weights_and_resumes_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    result = _ddp_fit(straight, _save_weights(straight / "weights") + CHECKPOINTS, "--trainer.max_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "weights" / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "weights" / "rank1.pt", weights_only=True)
+    rank0 = torch.load(straight / "weights" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(straight / "weights" / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     initial = AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY).state_dict()
     assert any(not torch.equal(rank0[name], initial[name]) for name in rank0)
-    assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert (straight / "hf" / "model.safetensors").exists()
+    steps_per_round = torch.load(next(straight.rglob("last.ckpt")), weights_only=True)["global_step"] // 2
+    assert steps_per_round >= 2, "the test needs a round of several steps to stop inside it"
+
+    # SIGTERM to rank 0 one step into round 1: every rank stops at that step boundary.
+    stopped = tmp_path / "stopped"
+    sigterm = f"    - class_path: ddp_helpers.SigtermAtStep\n      init_args:\n        step: {steps_per_round + 1}\n"
+    result = _ddp_fit(stopped, sigterm + CHECKPOINTS, "--trainer.max_epochs=2")
+    (checkpoint,) = stopped.rglob("last.ckpt")
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["global_step"] == steps_per_round + 1
+    assert all(rank["pending_batches"] for rank in state["RolloutDataModule"]["ranks"])
+    resumed = tmp_path / "resumed"
+    result = _ddp_fit(
+        resumed, _save_weights(resumed / "weights") + CHECKPOINTS, "--trainer.max_epochs=2", f"--ckpt_path={checkpoint}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        weights = torch.load(resumed / "weights" / f"rank{rank}.pt", weights_only=True)
+        difference = max((weights[name] - rank0[name]).abs().max().item() for name in rank0)
+        assert difference == 0.0, f"rank {rank} of the resumed run differs from the straight run by {difference}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_crash_on_one_rank_ends_the_job_with_its_error(failing_rank, tmp_path):
+    failure = f"    - class_path: ddp_helpers.FailOnRank\n      init_args:\n        rank: {failing_rank}\n        step: 1\n"
+    result = _ddp_fit(tmp_path / "run", failure, "--trainer.max_epochs=2", timeout=300)
+    assert result.returncode != 0
+    assert f"deliberate failure on rank {failing_rank} at step 1" in result.stderr

@@ -60,9 +60,9 @@ def test_sigterm_inside_a_round_leaves_a_checkpoint_that_resumes_exactly(straigh
     callbacks = tmp_path / "sigterm.yaml"
     callbacks.write_text(
         "trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n    - class_path: sorl.Evaluation\n"
+        "    - class_path: ddp_helpers.SigtermAtStep\n      init_args:\n        step: 4\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args:\n        save_last: true\n    - class_path: sorl.PreemptionCheckpoint\n"
-        "    - class_path: ddp_helpers.SigtermAtStep\n      init_args:\n        step: 4\n"
     )
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException
         _fit(stopped, "--trainer.max_epochs=3", "--config", str(callbacks))
