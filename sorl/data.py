@@ -13,7 +13,7 @@ import warnings
 from collections import deque
 from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -178,6 +178,7 @@ class RolloutDataModule(LightningDataModule):
         self.cache: deque[CritiqueExample] = deque(maxlen=cache_size)
         self.cache_frozen = False
         self._engine_ready = False
+        self.engine_logprobs = False  # set each round from module.loss.importance_sampling_cap
         self._question_order: list[int] | None = None  # a seeded permutation of the training pool
         self.last_round: Round | None = None
         # The current round's batch schedule; trained entries become None once a resume skips them.
@@ -199,6 +200,8 @@ class RolloutDataModule(LightningDataModule):
             return DataLoader(RoundBatches(batches, skipped), batch_size=None)
         module = trainer.lightning_module
         self.prepare_engine(module)
+        # Truncated importance sampling needs the engine's logprobs of the sampled tokens.
+        self.engine_logprobs = module.loss.importance_sampling_cap is not None
         round_ = self.build_round(module.mode)
         batches = self.make_batches(round_, module)
         self.log_round(round_)
@@ -295,7 +298,8 @@ class RolloutDataModule(LightningDataModule):
         progress.set_postfix_str(f"{len(round_.questions)}x{self.responses_per_question} responses")
         started = time.perf_counter()
         prompt_ids = self.encode([self.task.answer_prompt(q) for q in round_.questions])
-        completions = self.generate_ids(prompt_ids, self.responses_per_question, self.sampling, phase=0)
+        sampling = replace(self.sampling, logprobs=self.engine_logprobs)
+        completions = self.generate_ids(prompt_ids, self.responses_per_question, sampling, phase=0)
         for group, (question, group_completions) in enumerate(zip(round_.questions, completions)):
             for completion in group_completions:
                 reward = self.task.verify(question, completion.text)
@@ -329,7 +333,8 @@ class RolloutDataModule(LightningDataModule):
                 )
             round_.metrics["rollout/critique_pairs"] = float(len(round_.critique_pairs))
             prompt_ids = self.encode([self.task.critique_prompt(p.question, p.response) for p in round_.critique_pairs])
-            completions = self.generate_ids(prompt_ids, self.critiques_per_response, self.critique_sampling, phase=1)
+            sampling = replace(self.critique_sampling, logprobs=self.engine_logprobs)
+            completions = self.generate_ids(prompt_ids, self.critiques_per_response, sampling, phase=1)
             offset = len(round_.questions)  # critique groups come after answer groups
             for index, (pair, group_completions) in enumerate(zip(round_.critique_pairs, completions)):
                 for completion in group_completions:
@@ -381,7 +386,7 @@ class RolloutDataModule(LightningDataModule):
         rng.shuffle(samples)
         pad_id = module.tokenizer.pad_token_id
         batches = [
-            collate(samples[i : i + self.batch_size], pad_id, self.sampling.temperature, self.mask_truncated)
+            collate(samples[i : i + self.batch_size], pad_id, self.sampling.temperature, self.mask_truncated, self.engine_logprobs)
             for i in range(0, len(samples), self.batch_size)
         ]
         # Every rank runs the same number of whole optimizer steps, or DDP waits forever.
@@ -389,7 +394,7 @@ class RolloutDataModule(LightningDataModule):
         steps = int(self._reduce(torch.tensor(float(steps)), "max").item())
         steps = max(steps, 1)
         while len(batches) < steps * accumulation:
-            batches.append(empty_batch(pad_id, self.sampling.temperature))
+            batches.append(empty_batch(pad_id, self.sampling.temperature, self.engine_logprobs))
         counts = torch.tensor(
             [[b["completion_mask"].sum().item(), (b["completion_mask"].sum(-1) > 0).sum().item()] for b in batches]
         ).view(steps, accumulation, 2).sum(1)
@@ -514,8 +519,11 @@ def encode_prompts(
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def collate(samples: Sequence[Sample], pad_id: int, temperature: float, mask_truncated: bool) -> dict[str, Any]:
-    """Token ids of prompts (left-padded) followed by completions (right-padded), with masks.
+def collate(
+    samples: Sequence[Sample], pad_id: int, temperature: float, mask_truncated: bool, engine_logprobs: bool = False
+) -> dict[str, Any]:
+    """Token ids of prompts (left-padded) followed by completions (right-padded), with masks, and
+    with ``engine_logprobs`` the engine's logprobs of the completion tokens.
 
     Training uses the generated ids as they are, never re-tokenized text.
     """
@@ -528,7 +536,7 @@ def collate(samples: Sequence[Sample], pad_id: int, temperature: float, mask_tru
         completion_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         keep = not (mask_truncated and sample.completion.finish_reason == "length")
         completion_mask[row, : len(tokens)] = float(keep)
-    return {
+    batch = {
         "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
         "attention_mask": torch.cat([prompt_mask, _lengths_mask(samples, width)], dim=1),
         "completion_ids": completion_ids,
@@ -537,6 +545,14 @@ def collate(samples: Sequence[Sample], pad_id: int, temperature: float, mask_tru
         "is_critique": torch.tensor([s.kind == "critique" for s in samples]),
         "temperature": temperature,
     }
+    if engine_logprobs:
+        batch["engine_logprobs"] = torch.zeros((len(samples), width), dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            if sample.completion.logprobs is None:
+                raise ValueError("importance sampling needs logprobs from the engine, which returned none")
+            values = sample.completion.logprobs
+            batch["engine_logprobs"][row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    return batch
 
 
 def _lengths_mask(samples: Sequence[Sample], width: int) -> torch.Tensor:
@@ -544,10 +560,10 @@ def _lengths_mask(samples: Sequence[Sample], width: int) -> torch.Tensor:
     return (torch.arange(width)[None, :] < lengths[:, None]).long()
 
 
-def empty_batch(pad_id: int, temperature: float) -> dict[str, Any]:
+def empty_batch(pad_id: int, temperature: float, engine_logprobs: bool = False) -> dict[str, Any]:
     """A batch that contributes nothing to the loss, to even out ranks' step counts."""
     ids = torch.full((1, 2), pad_id, dtype=torch.long)
-    return {
+    batch = {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
         "completion_ids": ids[:, 1:],
@@ -556,6 +572,9 @@ def empty_batch(pad_id: int, temperature: float) -> dict[str, Any]:
         "is_critique": torch.zeros(1, dtype=torch.bool),
         "temperature": temperature,
     }
+    if engine_logprobs:
+        batch["engine_logprobs"] = torch.zeros((1, 1))
+    return batch
 
 
 def _right_share(pairs: Sequence[CritiqueExample]) -> float:

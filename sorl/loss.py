@@ -75,6 +75,10 @@ class GRPOLoss(nn.Module):
         beta (float): KL coefficient; ``ref_logprobs`` is required when > 0.
         aggregation (Aggregation): how token losses are reduced to a scalar.
         max_completion_length (int | None): constant divisor for ``seq_mean_token_sum_norm``.
+        importance_sampling_cap (float | None): truncated importance sampling (TIS) for an engine
+            whose logprobs differ from the trainer's (vLLM kernels, bf16): each token's loss is
+            weighted by ``min(exp(old_logprobs - behaviour_logprobs), cap)``, detached. ``None``
+            (default) turns it off; the DataModule then does not ask the engine for logprobs.
     """
 
     def __init__(
@@ -84,8 +88,11 @@ class GRPOLoss(nn.Module):
         beta: float = 0.0,
         aggregation: Aggregation = "token_mean",
         max_completion_length: int | None = None,
+        importance_sampling_cap: float | None = None,
     ):
         super().__init__()
+        if importance_sampling_cap is not None and importance_sampling_cap < 1.0:
+            raise ValueError(f"importance_sampling_cap must be >= 1 (or None), got {importance_sampling_cap}")
         if not 0.0 <= eps_low < 1.0:
             raise ValueError(f"eps_low must be in [0, 1), got {eps_low}")
         if eps_high < 0.0:
@@ -101,6 +108,7 @@ class GRPOLoss(nn.Module):
         self.eps_low, self.eps_high, self.beta = eps_low, eps_high, beta
         self.aggregation = aggregation
         self.max_completion_length = max_completion_length
+        self.importance_sampling_cap = importance_sampling_cap
 
     def forward(
         self,
@@ -111,6 +119,7 @@ class GRPOLoss(nn.Module):
         ref_logprobs: Tensor | None = None,
         entropy: Tensor | None = None,
         normalizer: float | Tensor | None = None,
+        behaviour_logprobs: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """
         Args:
@@ -121,6 +130,8 @@ class GRPOLoss(nn.Module):
             ref_logprobs (Tensor | None): [B, T] reference log-probs, required when beta > 0.
             entropy (Tensor | None): [B, T] per-token entropy, only reported.
             normalizer (float | Tensor | None): see the class docstring.
+            behaviour_logprobs (Tensor | None): [B, T] log-probs the rollout engine gave the taken
+                tokens; required when ``importance_sampling_cap`` is set.
 
         Returns:
             tuple[Tensor, dict[str, Tensor]]: scalar loss and detached diagnostics.
@@ -129,6 +140,8 @@ class GRPOLoss(nn.Module):
             raise ValueError(f"advantages must be [B]={tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
         if self.beta > 0 and ref_logprobs is None:
             raise ValueError("ref_logprobs is required when beta > 0")
+        if self.importance_sampling_cap is not None and behaviour_logprobs is None:
+            raise ValueError("behaviour_logprobs is required when importance_sampling_cap is set")
         mask = mask.bool()
         zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
         # where() before exp: masked positions may hold inf/nan, and where's backward sends them
@@ -138,6 +151,12 @@ class GRPOLoss(nn.Module):
         ratio = torch.exp(log_ratio)  # [B, T]
         adv = advantages[:, None]  # [B, 1]
         pg = -torch.minimum(ratio * adv, ratio.clamp(1 - self.eps_low, 1 + self.eps_high) * adv)
+        is_ratio = None
+        if self.importance_sampling_cap is not None:
+            # Tokens were sampled by the engine, not by old_logprobs' model: reweight, truncated.
+            engine_gap = torch.where(mask, old_logprobs.detach() - behaviour_logprobs, zero)  # [B, T]
+            is_ratio = torch.exp(engine_gap)
+            pg = pg * is_ratio.clamp(max=self.importance_sampling_cap)
         per_token = pg
         kl = None
         if ref_logprobs is not None:
@@ -180,6 +199,9 @@ class GRPOLoss(nn.Module):
             }
             if kl is not None:
                 stats["kl"] = masked_mean(kl)
+            if is_ratio is not None:  # before truncation, to show how far the engine drifts
+                stats["is_ratio_mean"] = masked_mean(is_ratio)
+                stats["is_ratio_max"] = torch.where(has_tokens, is_ratio.masked_fill(~mask, -torch.inf).amax(), zero)
             if entropy is not None:
                 stats["entropy"] = masked_mean(entropy.to(ratio.dtype))
         return loss, stats

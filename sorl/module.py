@@ -140,7 +140,8 @@ class GCRLModule(LightningModule):
                 ref_logprobs = self.completion_logprobs(batch, self.reference)[0]
         normalizer = batch["step_tokens"] if self.loss.aggregation == "token_mean" else batch["step_sequences"]
         loss, diagnostics = self.loss(
-            logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer
+            logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer,
+            behaviour_logprobs=batch.get("engine_logprobs"),  # present when importance sampling is on
         )
         if not torch.isfinite(loss):
             # Still backpropagated, so DDP's all-reduce sees every rank; on_before_optimizer_step

@@ -63,6 +63,9 @@ class HFEngine:
             num_return_sequences=n,
             eos_token_id=sorted(eos_ids),
             pad_token_id=tokenizer.pad_token_id,
+            # the processed scores (after temperature and top-p) give the sampled tokens' logprobs
+            output_scores=sampling.logprobs,
+            return_dict_in_generate=True,
         )
         was_training = policy.training
         policy.eval()
@@ -81,13 +84,19 @@ class HFEngine:
                         attention_mask=mask.to(policy.device),
                         generation_config=config,
                     )
-                    new_tokens = out[:, ids.shape[1] :].tolist()
+                    generated = out.sequences[:, ids.shape[1] :]  # [rows, T]
+                    new_tokens = generated.tolist()
+                    token_logprobs = None
+                    if sampling.logprobs:
+                        scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [rows, T, V]
+                        token_logprobs = scores.gather(-1, generated[:, :, None]).squeeze(-1).tolist()
                     for p in range(len(chunk)):
                         group = []
-                        for row in new_tokens[p * n : (p + 1) * n]:
-                            tokens, stopped = cut_at_eos(row, eos_ids)
+                        for r in range(p * n, (p + 1) * n):
+                            tokens, stopped = cut_at_eos(new_tokens[r], eos_ids)
                             text = tokenizer.decode(tokens, skip_special_tokens=True)
-                            group.append(Completion(tokens, text, "stop" if stopped else "length"))
+                            logprobs = token_logprobs[r][: len(tokens)] if token_logprobs is not None else None
+                            group.append(Completion(tokens, text, "stop" if stopped else "length", logprobs))
                         results.append(group)
         finally:
             policy.train(was_training)
