@@ -116,14 +116,32 @@ class GCRLModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     def completion_logprobs(self, batch: dict[str, Any], model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logprobs and entropy [B, C] of the batch's completion tokens under ``model`` (default: policy)."""
-        return completion_logprobs(
-            model if model is not None else self.policy,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["completion_ids"],
-            batch["temperature"],
-        )
+        """Logprobs and entropy [B, C] of the batch's completion tokens under ``model`` (default: policy).
+
+        Responses and critiques have very different prompt and completion lengths, so each kind
+        gets its own forward pass, trimmed to its own padding: padding responses to the width of
+        critique prompts made a GC-RL update cost several times a G-RL one.
+        """
+        model = model if model is not None else self.policy
+        input_ids, attention_mask, completion_ids = batch["input_ids"], batch["attention_mask"], batch["completion_ids"]
+        kinds = [rows for rows in (~batch["is_critique"], batch["is_critique"]) if rows.any()]
+        if len(kinds) == 1:
+            return completion_logprobs(model, input_ids, attention_mask, completion_ids, batch["temperature"])
+        num_rows, width = completion_ids.shape
+        prompt_width = input_ids.shape[1] - width
+        logprobs = torch.zeros((num_rows, width), dtype=torch.float32, device=input_ids.device)
+        entropy = torch.zeros_like(logprobs)
+        for rows in kinds:
+            mask = attention_mask[rows]  # [R, P + C]
+            first = int(mask[:, :prompt_width].any(0).nonzero()[0, 0]) if mask[:, :prompt_width].any() else prompt_width
+            kept = max(1, int(mask[:, prompt_width:].sum(-1).max()))  # the longest completion of this kind
+            end = prompt_width + kept
+            kind_logprobs, kind_entropy = completion_logprobs(
+                model, input_ids[rows, first:end], mask[:, first:end], completion_ids[rows, :kept], batch["temperature"]
+            )
+            logprobs[rows.nonzero()[:, 0], :kept] = kind_logprobs
+            entropy[rows.nonzero()[:, 0], :kept] = kind_entropy
+        return logprobs, entropy
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:

@@ -126,3 +126,31 @@ def test_policy_gradient_step_moves_logprobs_with_the_advantage(tiny_policy_dir)
     optimizer.step()
     after = module.completion_logprobs(batch)[0].sum(-1).detach()
     assert after[0] > before[0] and after[1] < before[1]
+
+
+def test_module_forward_per_kind_matches_one_padded_forward(tiny_policy_dir):
+    """GCRLModule trims responses and critiques to their own padding: same logprobs and gradient."""
+    from sorl.module import GCRLModule
+
+    module = GCRLModule(model=tiny_policy_dir)
+    module.configure_model()
+    answers = [_sample([5, 6], [9, 10, 1]), _sample([7], [8, 1])]
+    critiques = [
+        Sample("critique", 1, QUESTION, [4] * 12 + [5, 6], Completion([12, 13, 14, 15, 16, 1], "", "stop"), advantage=-1.0),
+        Sample("critique", 1, QUESTION, [3] * 9, Completion([12, 1], "", "stop"), advantage=0.5),
+    ]
+    batch = collate([answers[0], critiques[0], answers[1], critiques[1]], pad_id=0, temperature=0.7, mask_truncated=False)
+    mask = batch["completion_mask"].bool()
+    grouped, _ = module.completion_logprobs(batch)
+    padded, _ = completion_logprobs(
+        module.policy, batch["input_ids"], batch["attention_mask"], batch["completion_ids"], batch["temperature"]
+    )
+    torch.testing.assert_close(grouped[mask], padded[mask], atol=1e-5, rtol=1e-5)
+    gradients = []
+    for logprobs in (grouped, padded):
+        module.policy.zero_grad()
+        loss, _ = GRPOLoss()(logprobs, logprobs.detach(), batch["advantages"], batch["completion_mask"])
+        loss.backward(retain_graph=True)
+        gradients.append([p.grad.clone() for p in module.policy.parameters()])
+    for a, b in zip(*gradients):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
