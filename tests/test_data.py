@@ -101,3 +101,19 @@ def test_drop_zero_std_groups():
     round_.answers[1].advantage = 0.0
     batches = datamodule.make_batches(round_, _module("g_rl"))
     assert sum(len(b["advantages"]) for b in batches) == 2
+
+
+def test_ranks_get_disjoint_shards_of_each_round():
+    task = ArithmeticTask(num_train=50, num_eval=4)
+    seen_by_round = []
+    for round_index in range(3):
+        shards = []
+        for rank in range(2):
+            datamodule = RolloutDataModule(task, questions_per_round=8)
+            datamodule.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+            datamodule.round_index = round_index
+            shards.append([q.id for q in datamodule._round_questions()])
+        assert len(set(shards[0])) == 8 and not set(shards[0]) & set(shards[1])
+        seen_by_round.append(set(shards[0]) | set(shards[1]))
+    # 50 questions, 16 per round: the first three rounds use 48 distinct questions
+    assert len(set().union(*seen_by_round)) == 48
