@@ -1,11 +1,12 @@
 """Wall time per round, split by phase, for G-RL vs GC-RL at equal questions; and the training
 throughput of the policy update as achieved FLOP/s against the machine's measured matmul peak.
 
-Part 1 (rounds). ``configs/quickstart.yaml`` (32 questions x 8 responses per round; GC-RL adds
-32 cached pairs x 4 critiques; one optimizer step per round) in one process per run, without
-evaluation or checkpoints, for ``g_rl``, ``gc_rl`` and ``gc_rl_denoised`` (GC-RL with
-``RewardDenoising(strategy=self_correction)``, the only variant with a denoising phase), repeated
-with the variant order alternating. Each round's wall time is split into the phases the
+Part 1 (rounds). ``configs/g_rl.yaml`` and ``configs/gc_rl.yaml`` (32 questions x 8 responses per
+round; GC-RL adds 16 cached pairs x 4 critiques; one optimizer step per round; bf16-mixed), in one
+process per run, without evaluation or checkpoints, for ``g_rl``, ``gc_rl`` and ``gc_rl_denoised``
+(``configs/gc_rl.yaml`` with ``RewardDenoising(strategy=self_correction)``, the only variant with a
+denoising phase), repeated with the variant order alternating. ``--critique-pairs`` overrides
+``critique_pairs_per_round`` (the quickstart samples 32). Each round's wall time is split into the phases the
 DataModule and callbacks time themselves: first-order rollout (``time/rollout``: sampling and
 verifying responses), second-order rollout (``time/critique_rollout``), denoising
 (``time/denoise``), training (the epoch's ``on_train_epoch_start`` to ``on_train_epoch_end``:
@@ -24,7 +25,7 @@ Prints both tables and, as its last line, a JSON object with ``g_rl_s_per_round`
 ``gc_rl_s_per_round``, ``overhead_ratio``, ``train_flops_util_fp32``, ``train_flops_util_bf16``
 and more; writes ``benchmarks/results/step_cost[-quick].{json,md,png}``.
 
-    python benchmarks/step_cost.py [--quick] [--rounds 12] [--repeats 2] [--lock /tmp/cpu.lock]
+    python benchmarks/step_cost.py [--quick] [--rounds 9] [--repeats 2] [--lock /tmp/cpu.lock]
 
 ``--quick``: 5 rounds (4 timed) of each variant, once. Time it with the threads you mean
 (``OMP_NUM_THREADS``) on an otherwise idle machine.
@@ -45,7 +46,6 @@ import torch
 from lightning.pytorch import Callback
 
 from common import (
-    QUICKSTART,
     add_lock_arg,
     cpu_lock,
     machine,
@@ -59,6 +59,7 @@ from common import (
 )
 
 VARIANTS = ("g_rl", "gc_rl", "gc_rl_denoised")
+CONFIGS = {"g_rl": "configs/g_rl.yaml", "gc_rl": "configs/gc_rl.yaml", "gc_rl_denoised": "configs/gc_rl.yaml"}
 PHASES = ("rollout", "critique_rollout", "denoise", "train", "other")
 
 
@@ -107,17 +108,16 @@ def batch_shape(batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_rounds(variant: str, rounds: int, workdir: Path) -> dict[str, Any]:
+def run_rounds(variant: str, rounds: int, workdir: Path, critique_pairs: int | None = None) -> dict[str, Any]:
     """Trains ``rounds`` rounds of ``variant`` in this process; returns per-round records."""
     from sorl.cli import build_cli
 
-    mode = "g_rl" if variant == "g_rl" else "gc_rl"
     callbacks: list[dict[str, Any]] = [{"class_path": "sorl.LabelBalancing"}]
     if variant == "gc_rl_denoised":
         callbacks.append({"class_path": "sorl.RewardDenoising", "init_args": {"strategy": "self_correction"}})
     cli = build_cli(
         [
-            "--config", QUICKSTART,
+            "--config", CONFIGS[variant],
             f"--trainer.max_epochs={rounds}",
             f"--trainer.default_root_dir={workdir / variant}",
             "--trainer.enable_progress_bar=false",
@@ -125,8 +125,8 @@ def run_rounds(variant: str, rounds: int, workdir: Path) -> dict[str, Any]:
             "--trainer.enable_model_summary=false",
             "--trainer.logger=false",
             "--trainer.check_val_every_n_epoch=100000",
-            f"--model.init_args.mode={mode}",
             "--trainer.callbacks=" + json.dumps(callbacks),
+            *([f"--data.init_args.critique_pairs_per_round={critique_pairs}"] if critique_pairs else []),
         ],
         run=False,
     )
@@ -234,18 +234,20 @@ def plot(stats: dict[str, dict[str, float]], updates: dict[str, dict[str, Any]],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 rounds of each variant, once; results get a -quick suffix")
-    parser.add_argument("--rounds", type=int, help="rounds per run, round 0 untimed (default: 12; --quick: 5)")
+    parser.add_argument("--rounds", type=int, help="rounds per run, round 0 untimed (default: 9; --quick: 5)")
     parser.add_argument("--repeats", type=int, help="runs of each variant, order alternating (default: 2; --quick: 1)")
     parser.add_argument("--update-repeats", type=int, default=5, help="timed replays of the update per dtype")
     parser.add_argument("--suffix", help="appended to the results' name, e.g. a code variant under test")
+    parser.add_argument("--note", default="", help="free text saved with the results, e.g. which sorl code ran")
+    parser.add_argument("--critique-pairs", type=int, help="critique_pairs_per_round (default: the configs' 16)")
     add_lock_arg(parser)
     args = parser.parse_args()
-    rounds = args.rounds if args.rounds is not None else (5 if args.quick else 12)
+    rounds = args.rounds if args.rounds is not None else (5 if args.quick else 9)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
     if rounds < 2:
         raise SystemExit(f"--rounds must be >= 2 (round 0 is not timed), got {rounds}")
     name = result_name("step_cost", args.quick) + (f"-{args.suffix}" if args.suffix else "")
-    info = {**machine(), "sorl": sorl_source()}
+    info = {**machine(), "sorl": {**sorl_source(), "note": args.note}}
     started = time.perf_counter()
 
     runs: list[dict[str, Any]] = []
@@ -254,7 +256,7 @@ def main() -> None:
         for repeat in range(repeats):
             for variant in VARIANTS if repeat % 2 == 0 else tuple(reversed(VARIANTS)):
                 with cpu_lock(args.lock):
-                    result = run_rounds(variant, rounds, Path(workdir) / f"r{repeat}")
+                    result = run_rounds(variant, rounds, Path(workdir) / f"r{repeat}", args.critique_pairs)
                 summary = summarize(result["rounds"])
                 runs.append({"variant": variant, "repeat": repeat, "summary": summary, "rounds": result["rounds"]})
                 last[variant] = result
@@ -319,7 +321,8 @@ def main() -> None:
         "rounds": rounds,
         "repeats": repeats,
     }
-    title = f"Step cost, {QUICKSTART} ({rounds - 1} timed rounds x {repeats} runs per variant)"
+    pairs = args.critique_pairs or 16
+    title = f"Step cost, configs/g_rl.yaml vs configs/gc_rl.yaml ({pairs} critique pairs x 4; {rounds - 1} timed rounds x {repeats} runs per variant)"
     markdown = "\n\n".join([
         f"# {title}",
         "Seconds per round (mean over timed rounds and runs) split by phase; training in the config's "
@@ -331,11 +334,12 @@ def main() -> None:
         "model FLOPs on real tokens per second / matmul peak of the same dtype; padded util counts "
         "the padded shapes instead.",
         markdown_table(update_headers, update_rows),
-        machine_markdown(info) + f" Wall time of this invocation: {wall:.0f} s.",
+        machine_markdown(info) + f" Wall time of this invocation: {wall:.0f} s." + (f" sorl: {args.note}" if args.note else ""),
     ])
     payload = {
         "benchmark": "step_cost",
-        "config": QUICKSTART,
+        "configs": CONFIGS,
+        "critique_pairs_per_round": pairs,
         "rounds": rounds,
         "repeats": repeats,
         "machine": info,

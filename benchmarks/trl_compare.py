@@ -6,7 +6,7 @@ to TRL unshuffled), with the settings of ``configs/quickstart.yaml``: 32 questio
 per optimizer step, at most 48 new tokens, temperature 1 with top-k and top-p off, AdamW (lr 1e-4,
 no weight decay, constant), clip 0.2 / 0.28, token-mean loss (TRL's ``dapo``), rewards scaled by
 the group std, ``beta=0`` (no reference model), one pass per generation batch, no gradient
-clipping, the same precision (fp32 by default), and the same reward: ``ArithmeticTask.verify``
+clipping, no gradient checkpointing (TRL's default is on), the same precision (fp32 by default), and the same reward: ``ArithmeticTask.verify``
 (wrapped as a TRL reward function on the completion text). Both generate with transformers
 ``generate`` on the CPU.
 
@@ -21,7 +21,7 @@ Prints a table and, as its last line, a JSON object with ``sorl_qps``, ``trl_qps
 ``sorl_acc``, ``trl_acc`` (medians / means over trials) and more; writes
 ``benchmarks/results/trl_compare[-quick].{json,md,png}``. Needs TRL (``pip install -e ".[bench]"``).
 
-    python benchmarks/trl_compare.py [--quick] [--steps 20] [--pairs 3] [--precision fp32|bf16] [--lock PATH]
+    python benchmarks/trl_compare.py [--quick] [--steps 12] [--pairs 3] [--precision fp32|bf16] [--lock PATH]
 
 ``--quick``: 4 steps, one pair.
 """
@@ -209,6 +209,7 @@ def run_trl(steps: int, precision: str, workdir: Path) -> dict[str, Any]:
         optim="adamw_torch",
         weight_decay=0.0,
         max_grad_norm=0.0,  # sorl's Trainer does not clip gradients
+        gradient_checkpointing=False,  # TRL's default is on; sorl's is off
         beta=0.0,
         epsilon=EPS_LOW,
         epsilon_high=EPS_HIGH,
@@ -226,6 +227,8 @@ def run_trl(steps: int, precision: str, workdir: Path) -> dict[str, Any]:
         model=model, reward_funcs=arithmetic_reward, args=config, train_dataset=dataset, processing_class=tokenizer,
         callbacks=[StepEnd()],
     )
+    if trainer.model.is_gradient_checkpointing:
+        raise RuntimeError("TRL's policy has gradient checkpointing on; sorl's does not")
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -258,18 +261,19 @@ def plot(trials: list[dict[str, Any]], title: str) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 steps, one pair; results get a -quick suffix")
-    parser.add_argument("--steps", type=int, help="optimizer steps per trial, >= 2 (default: 20; --quick: 4)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per trial, >= 2 (default: 12; --quick: 4)")
     parser.add_argument("--pairs", type=int, help="sorl, TRL pairs (default: 3; --quick: 1)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--suffix", help="appended to the results' name, e.g. a code variant under test")
+    parser.add_argument("--note", default="", help="free text saved with the results, e.g. which sorl code ran")
     add_lock_arg(parser)
     args = parser.parse_args()
-    steps = args.steps if args.steps is not None else (4 if args.quick else 20)
+    steps = args.steps if args.steps is not None else (4 if args.quick else 12)
     pairs = args.pairs if args.pairs is not None else (1 if args.quick else 3)
     if steps < 2:
         raise SystemExit(f"--steps must be >= 2 (step 1 is a warm-up), got {steps}")
     name = result_name("trl_compare", args.quick) + (f"-{args.suffix}" if args.suffix else "")
-    info = {**machine(), "sorl": sorl_source()}
+    info = {**machine(), "sorl": {**sorl_source(), "note": args.note}}
     started = time.perf_counter()
 
     from sorl.policy import EMBEDDED_POLICY, load_policy, load_tokenizer
@@ -339,7 +343,7 @@ def main() -> None:
         f"(pairs: {', '.join(f'{r:.2f}' for r in ratios)}). Accuracy: greedy, 200 held-out questions "
         f"(before training: {acc_before:.3f}).",
         markdown_table(headers, rows),
-        machine_markdown(info) + f" Wall time of this invocation: {wall:.0f} s.",
+        machine_markdown(info) + f" Wall time of this invocation: {wall:.0f} s." + (f" sorl: {args.note}" if args.note else ""),
     ])
     payload = {
         "benchmark": "trl_compare",
