@@ -1,9 +1,10 @@
 """Time of one maths verification (MathVerifier: math-verify in a forked, time-bounded worker).
 
-Per evaluation file of ../shared/data: every gold answer verified against itself (boxed) and
-against the next row's different gold, one call at a time as the DataModule calls it; then the
-hostile texts of tests/test_verify_fuzz.py. Prints the worst, median and 99th-percentile call
-times and the number of calls that hit the bound, and writes results/verify_time.{json,md,png}.
+Per evaluation file of ../shared/data: every gold answer verified against itself (boxed, "self")
+and against the next row's different gold ("other"), one call at a time as the DataModule calls
+it; then the hostile texts of tests/test_verify_fuzz.py. Prints the worst, median and
+99th-percentile call times and the number of calls that hit the bound, and writes
+results/verify_time.{json,md,png}.
 
     python benchmarks/verify_time.py --lock /tmp/sorl-cpu.lock
 """
@@ -56,11 +57,12 @@ def main() -> None:
         cases: dict[str, list[tuple[str, str]]] = {}
         for name, relative, preset in FILES:
             questions = MathDataset(str(DATA / relative), preset=preset).questions()
-            pairs = [(q.gold, f"The final answer is \\boxed{{{q.gold}}}.") for q in questions]
+            cases[f"{name} self"] = [(q.gold, f"The final answer is \\boxed{{{q.gold}}}.") for q in questions]
+            others = []
             for i, q in enumerate(questions):
                 other = next(o for o in questions[i + 1 :] + questions[:i] if o.gold != q.gold)
-                pairs.append((q.gold, f"\\boxed{{{other.gold}}}"))
-            cases[name] = pairs
+                others.append((q.gold, f"\\boxed{{{other.gold}}}"))
+            cases[f"{name} other"] = others
         cases["fuzz"] = [("2", text) for text in fuzz_texts("/nonexistent/sorl-fuzz-marker")]
         timeouts_before = 0
         for name, pairs in cases.items():
