@@ -18,10 +18,11 @@ VLLMDType = Literal["auto", "float32", "bfloat16", "float16"]
 class VLLMEngine:
     """Samples with a vLLM ``LLM`` that lives in the training process, created on first use.
 
-    On the first ``generate`` the policy (config, weights) and tokenizer are saved to a temporary
-    folder once and vLLM starts from it (about 20 s on a CPU). Afterwards ``sync_weights`` passes
-    the policy's current tensors to vLLM's model in place (``reload_weights``, no disk round trip)
-    and resets the prefix cache, whose entries were computed with the old weights.
+    On the first ``generate`` the policy's config and tokenizer are saved to a temporary folder and
+    vLLM starts from it (about 20 s on a CPU, most of it importing vLLM); then, and at every
+    ``sync_weights``, the policy's current tensors are passed to vLLM's model in place
+    (``reload_weights``, no disk round trip) and the prefix cache, computed with the old weights,
+    is reset.
 
     When to sync: the DataModule samples only at the start of a round (and in evaluation), and
     calls ``sync_weights`` right before, so one sync per round is exact; syncing after every
@@ -103,7 +104,7 @@ class VLLMEngine:
         if self.policy is None or self.tokenizer is None:
             raise RuntimeError("VLLMEngine.setup(policy, tokenizer) must be called before generate")
         if self.llm is None:
-            self.llm = self._start()
+            self._start()
         elif self._stale:
             self._push_weights()
         from vllm import SamplingParams as VLLMSamplingParams
@@ -121,13 +122,15 @@ class VLLMEngine:
                 max_tokens=sampling.max_new_tokens,
                 stop_token_ids=eos_ids,
                 logprobs=0 if sampling.logprobs else None,  # 0: only the sampled token's
-                seed=rng.getrandbits(63) if seed is not None else None,
+                seed=rng.getrandbits(63),  # seed None: Random(None) draws fresh seeds from the OS
                 detokenize=False,  # decoded below with the policy's tokenizer, as HFEngine does
             )
             for _ in prompt_ids
         ]
         # Lightning's mixed precision may have autocast on here (evaluation): vLLM runs in its own dtype.
-        with torch.autocast(self.policy.device.type, enabled=False):
+        # Its sampler draws from the global torch RNG too (in this process): keep training's stream.
+        device = self.policy.device
+        with torch.autocast(device.type, enabled=False), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             outputs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params, use_tqdm=False
             )
@@ -147,15 +150,20 @@ class VLLMEngine:
         return results
 
     # ------------------------------------------------------------------ engine
-    def _start(self) -> Any:
-        """A vLLM ``LLM`` built from the policy's current weights, saved once to a temporary folder."""
+    def _start(self) -> None:
+        """A vLLM ``LLM`` for the policy's architecture, holding the policy's current weights."""
         # In-process engine: sync_weights must reach the model object (see the class docstring).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        import numpy as np
         from vllm import LLM
 
         policy = self.policy
+        # Config, generation config and tokenizer only: vLLM starts with placeholder weights
+        # (load_format="dummy") and gets the policy's tensors in place at once, as at every sync.
+        # (Under DDP, transformers' save_pretrained writes weights on rank 0 only.)
         self._start_dir = tempfile.TemporaryDirectory(prefix="sorl-vllm-")
-        policy.save_pretrained(self._start_dir.name)
+        policy.config.save_pretrained(self._start_dir.name)
+        policy.generation_config.save_pretrained(self._start_dir.name)
         self.tokenizer.save_pretrained(self._start_dir.name)
         dtype = str(policy.dtype).removeprefix("torch.") if self.dtype == "auto" else self.dtype
         executor = None  # vLLM's default: one in-process worker; on CPU it joins a DDP group as its own TP group
@@ -165,21 +173,29 @@ class VLLMEngine:
             executor = "external_launcher"
             os.environ["RANK"] = str(torch.distributed.get_rank())
             os.environ["LOCAL_RANK"] = str(policy.device.index)
-        llm = LLM(
-            model=self._start_dir.name,
-            dtype=dtype,
-            kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30) if self.kv_cache_gib is not None else None,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_model_len=self.max_model_len,
-            max_num_seqs=self.max_num_seqs,
-            enforce_eager=self.enforce_eager,
-            enable_prefix_caching=self.enable_prefix_caching,
-            logprobs_mode="processed_logprobs",  # after temperature (and top-p), as sampled
-            distributed_executor_backend=executor,
-            trust_remote_code=False,
-        )
-        self._stale = False
-        return llm
+        # An in-process vLLM seeds the global RNGs at start-up; training keeps its own streams.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+            self.llm = LLM(
+                model=self._start_dir.name,
+                load_format="dummy",
+                dtype=dtype,
+                kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30) if self.kv_cache_gib is not None else None,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                max_model_len=self.max_model_len,
+                max_num_seqs=self.max_num_seqs,
+                enforce_eager=self.enforce_eager,
+                enable_prefix_caching=self.enable_prefix_caching,
+                logprobs_mode="processed_logprobs",  # after temperature (and top-p), as sampled
+                distributed_executor_backend=executor,
+                # vLLM 0.32 on CPU fails on seeded requests whose prompt is split across steps
+                # ("CPU Generator does not use offset"): schedule whole prompts only.
+                enable_chunked_prefill=policy.device.type != "cpu",
+                trust_remote_code=False,
+            )
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        self._push_weights()
 
     @torch.no_grad()
     def _push_weights(self) -> None:
