@@ -114,13 +114,45 @@ def test_dataset_fields_and_errors(tmp_path):
     assert dataset.name == "mine"
     assert [(q.text, q.gold, q.dataset) for q in dataset.questions()] == [("What is 2+2?", "4", "mine"), ("1+1?", "2", "mine")]
     assert len(MathDataset(str(path), question_field="q", answer_field="sol", answer_format="last_boxed", limit=1).questions()) == 1
-    with pytest.raises(ValueError, match="row 0: needs fields"):
+    with pytest.raises(ValueError, match=r"data.jsonl:1: needs fields"):
         MathDataset(str(path), preset="gsm8k").questions()
     path.write_text(json.dumps({"question": "x?", "answer": "no marker"}) + "\n")
     with pytest.raises(ValueError, match="no gold answer"):
         MathDataset(str(path), preset="gsm8k").questions()
     with pytest.raises(ValueError, match="answer_format"):
         MathDataset(str(path), answer_format="latex")
+
+
+def test_malformed_rows_name_file_and_line_or_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "gsm" / "train.jsonl"
+    path.parent.mkdir()
+    good = {"question": "2+2?", "answer": "so #### 4"}
+    rows = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"question": "3+3?"}),  # missing field
+        json.dumps({"question": 7, "answer": "#### 7"}),  # wrong type
+        json.dumps({"question": "   ", "answer": "#### 1"}),  # empty
+        json.dumps({"question": "x" * 9000, "answer": "#### 1"}),  # overlong
+        json.dumps({"question": "5+5?", "answer": ["#### 10"]}),  # wrong type of answer
+        "",
+        json.dumps(good),
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    expected = [
+        (2, "not a JSON object"), (3, "needs fields"), (4, "empty or non-text question"),
+        (5, "empty or non-text question"), (6, "over max_question_chars"), (7, "no gold answer"),
+    ]  # fmt: skip
+    for line, message in expected:
+        path.write_text("\n".join([json.dumps(good)] * (line - 1) + [rows[line - 1]]) + "\n")
+        with pytest.raises(ValueError, match=rf"train.jsonl:{line}: .*{message}"):
+            MathDataset(str(path), preset="gsm8k").questions()
+    path.write_text("\n".join(rows) + "\n")
+    dataset = MathDataset(str(path), preset="gsm8k", bad_rows="skip")
+    with pytest.warns(UserWarning, match="skipped 6 malformed rows"):
+        questions = dataset.questions()
+    assert [q.gold for q in questions] == ["4", "4"]
+    assert [entry.split(": ")[0].rsplit(":", 1)[1] for entry in dataset.skipped_rows] == ["2", "3", "4", "5", "6", "7"]
 
 
 def test_datasets_folder(tmp_path):

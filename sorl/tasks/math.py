@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from sorl.rewards import parse_verdict
 from sorl.tasks.base import CritiqueExample, Question
 from sorl.verify import Fallback, MathVerifier, last_boxed
@@ -79,6 +81,10 @@ class MathDataset:
             ``last_boxed`` (the last ``\\boxed{}``), ``list`` (a list of answers, joined by ``, ``).
         limit: use only the first ``limit`` rows (None: all).
         split: the split to take when ``datasets`` returns several.
+        bad_rows: a malformed row (not JSON, a missing or non-text field, an empty or overlong
+            question, no gold answer) is an ``error`` naming the file and line, or with ``skip``
+            is left out, counted and logged.
+        max_question_chars: a longer question is malformed (it would not fit a prompt anyway).
     """
 
     path: str
@@ -89,6 +95,8 @@ class MathDataset:
     answer_format: AnswerFormat | None = None
     limit: int | None = None
     split: str = "train"
+    bad_rows: Literal["error", "skip"] = "error"
+    max_question_chars: int = 8192
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -107,21 +115,26 @@ class MathDataset:
             self.name = Path(self.path).parent.name if Path(self.path).suffix else Path(self.path).name
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.bad_rows not in ("error", "skip"):
+            raise ValueError(f"bad_rows must be error or skip, got {self.bad_rows!r}")
+        self.skipped_rows: list[str] = []  # "<where>: <why>" of rows left out by bad_rows="skip"
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The raw rows, up to ``limit``."""
+    def rows(self) -> list[tuple[str, Any]]:
+        """The raw rows, up to ``limit``, each with where it comes from (``file:line`` for JSONL).
+        A line that is not JSON comes back as ``None``, for :meth:`questions` to report."""
         path = Path(self.path)
         if path.suffix == ".jsonl":
-            rows = []
-            with path.open(encoding="utf-8") as handle:
+            rows: list[tuple[str, Any]] = []
+            with path.open(encoding="utf-8", errors="replace") as handle:
                 for line_number, line in enumerate(handle, 1):
                     if self.limit is not None and len(rows) >= self.limit:
                         break
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as error:
-                            raise ValueError(f"{path}:{line_number}: not a JSON object ({error})") from error
+                            row = json.loads(line)
+                        except json.JSONDecodeError:
+                            row = None
+                        rows.append((f"{path}:{line_number}", row))
             return rows
         try:
             import datasets
@@ -139,23 +152,42 @@ class MathDataset:
                 raise ValueError(f"{path} has splits {sorted(loaded)}, not {self.split!r}")
             loaded = loaded[self.split]
         count = len(loaded) if self.limit is None else min(self.limit, len(loaded))
-        return [loaded[i] for i in range(count)]
+        return [(f"{path} row {i}", loaded[i]) for i in range(count)]
 
     def questions(self) -> list[Question]:
-        """Questions with gold answers; a row without a question or gold is an error naming it."""
+        """Questions with gold answers. A malformed row is an error naming its file and line, or,
+        with ``bad_rows="skip"``, left out and counted in ``skipped_rows`` (and logged)."""
         questions = []
-        for index, row in enumerate(self.rows()):
-            where = f"{self.path} row {index}"
-            if self.question_field not in row or self.answer_field not in row:
-                raise ValueError(f"{where}: needs fields {self.question_field!r} and {self.answer_field!r}, has {sorted(row)}")
-            text = row[self.question_field]
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{where}: empty or non-text question")
+        self.skipped_rows = []
+        for index, (where, row) in enumerate(self.rows()):
+            problem = self._row_problem(row)
+            if problem is not None:
+                if self.bad_rows == "error":
+                    raise ValueError(f"{where}: {problem} (set bad_rows: skip to leave such rows out)")
+                self.skipped_rows.append(f"{where}: {problem}")
+                continue
             gold = extract_gold(row[self.answer_field], self.answer_format)
-            if not gold:
-                raise ValueError(f"{where}: no gold answer in {self.answer_field!r} ({self.answer_format})")
-            questions.append(Question(f"{self.name}-{index}", text, gold, self.name))
+            questions.append(Question(f"{self.name}-{index}", row[self.question_field], gold, self.name))
+        if self.skipped_rows:
+            rank_zero_warn(
+                f"{self.path}: skipped {len(self.skipped_rows)} malformed rows, e.g. " + "; ".join(self.skipped_rows[:3])
+            )
         return questions
+
+    def _row_problem(self, row: Any) -> str | None:
+        """Why a row cannot be used, or None."""
+        if not isinstance(row, dict):
+            return "not a JSON object"
+        if self.question_field not in row or self.answer_field not in row:
+            return f"needs fields {self.question_field!r} and {self.answer_field!r}, has {sorted(row)}"
+        text = row[self.question_field]
+        if not isinstance(text, str) or not text.strip():
+            return "empty or non-text question"
+        if len(text) > self.max_question_chars:
+            return f"question of {len(text)} characters, over max_question_chars={self.max_question_chars}"
+        if not extract_gold(row[self.answer_field], self.answer_format):
+            return f"no gold answer in {self.answer_field!r} ({self.answer_format})"
+        return None
 
 
 def extract_gold(value: Any, answer_format: AnswerFormat) -> str | None:
