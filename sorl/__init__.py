@@ -2,7 +2,7 @@
 
 from sorl.callbacks import Evaluation, LabelBalancing, PreemptionCheckpoint, RewardDenoising, RewardNoise, RolloutCallback
 from sorl.data import RolloutDataModule
-from sorl.engines import HFEngine, RolloutEngine, SamplingParams
+from sorl.engines import HFEngine, RolloutEngine, SamplingParams, VLLMEngine
 from sorl.loss import GRPOLoss, group_advantages
 from sorl.module import GCRLModule
 from sorl.sft import SFTDataModule, SFTModule
@@ -31,5 +31,6 @@ __all__ = [
     "SFTModule",
     "SamplingParams",
     "Task",
+    "VLLMEngine",
     "group_advantages",
 ]
