@@ -18,8 +18,10 @@ the policy: forward, loss, backward and AdamW step, in fp32 and under bf16 autoc
 FLOP/s counts model FLOPs on real (non-padding) tokens: 6 x (linear parameters) per token,
 attention scores and values 12 x layers x hidden x (real length) per token, the LM head on
 completion positions. ``train_flops_util_<dtype>`` = achieved / peak, the peak being the best of
-a few square matmuls (n = 2048) in that dtype on the same threads. The padded FLOPs (what the
-machine computed, padding included) are reported beside them.
+a few square matmuls (n = 2048) in that dtype on the same threads. The update goes through the
+module's own ``completion_logprobs``, so whatever batching it does is what is timed. "Padded"
+FLOPs (one forward over the micro-batch as collated, padding included) are reported beside them:
+an upper bound on what was computed.
 
 Prints both tables and, as its last line, a JSON object with ``g_rl_s_per_round``,
 ``gc_rl_s_per_round``, ``overhead_ratio``, ``train_flops_util_fp32``, ``train_flops_util_bf16``
@@ -134,7 +136,7 @@ def run_rounds(variant: str, rounds: int, workdir: Path, critique_pairs: int | N
     cli.trainer.callbacks.append(timer)
     timer._round_started = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
-    return {"rounds": timer.rounds, "last_batch": timer.last_batch, "policy": cli.model.policy, "loss": cli.model.loss}
+    return {"rounds": timer.rounds, "last_batch": timer.last_batch, "module": cli.model}
 
 
 # ---------------------------------------------------------------------------- FLOPs
@@ -169,20 +171,17 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
-def time_update(policy: torch.nn.Module, loss_fn: Any, batch: dict[str, Any], bf16: bool, repeats: int) -> float:
-    """Median seconds of forward + loss + backward + AdamW step on ``batch`` (a copy of the policy)."""
-    from sorl.policy import completion_logprobs
-
-    model = copy.deepcopy(policy).train()
+def time_update(module: Any, batch: dict[str, Any], bf16: bool, repeats: int) -> float:
+    """Median seconds of forward + loss + backward + AdamW step on ``batch``, on a copy of the
+    module's policy, through the module's own ``completion_logprobs`` (so its batching is measured)."""
+    model = copy.deepcopy(module.policy).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     times = []
     for index in range(repeats + 1):  # the first is a warm-up
         started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logprobs, entropy = completion_logprobs(
-                model, batch["input_ids"], batch["attention_mask"], batch["completion_ids"], batch["temperature"]
-            )
-            loss, _ = loss_fn(
+            logprobs, entropy = module.completion_logprobs(batch, model)
+            loss, _ = module.loss(
                 logprobs, logprobs.detach(), batch["advantages"], batch["completion_mask"], None, entropy, batch["step_tokens"]
             )
         loss.backward()
@@ -275,11 +274,11 @@ def main() -> None:
             peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
             updates: dict[str, dict[str, Any]] = {}
             for mode in ("g_rl", "gc_rl"):
-                batch, policy, loss_fn = last[mode]["last_batch"], last[mode]["policy"], last[mode]["loss"]
-                flops = flops_per_update(policy, batch)
+                batch, module = last[mode]["last_batch"], last[mode]["module"]
+                flops = flops_per_update(module.policy, batch)
                 updates[mode] = {"batch": batch_shape(batch), **flops}
                 for dtype in ("fp32", "bf16"):
-                    seconds = time_update(policy, loss_fn, batch, dtype == "bf16", args.update_repeats)
+                    seconds = time_update(module, batch, dtype == "bf16", args.update_repeats)
                     achieved = flops["model_flops"] / seconds
                     updates[mode][dtype] = {
                         "seconds": seconds,
@@ -330,9 +329,9 @@ def main() -> None:
         "the share of its positions that are padding.",
         markdown_table(headers, rows),
         f"overhead_ratio (GC-RL / G-RL per round): {gc / g:.2f}",
-        "The policy update (forward, loss, backward, AdamW) replayed on the last round's batch. Util = "
-        "model FLOPs on real tokens per second / matmul peak of the same dtype; padded util counts "
-        "the padded shapes instead.",
+        "The policy update (forward through the module's `completion_logprobs`, loss, backward, AdamW) "
+        "replayed on the last round's batch. Util = model FLOPs on real tokens per second / matmul peak "
+        "of the same dtype; padded util counts the micro-batch's collated (padded) shape instead.",
         markdown_table(update_headers, update_rows),
         machine_markdown(info) + f" Wall time of this invocation: {wall:.0f} s." + (f" sorl: {args.note}" if args.note else ""),
     ])
