@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
 from sorl import ArithmeticTask, GCRLModule, LabelBalancing, RolloutDataModule
 from sorl.cli import cli_main
 from sorl.policy import EMBEDDED_POLICY
+from scalars import scalar_series
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,15 +26,6 @@ SMALL_ROUND = [
     "--data.eval_samples=0",
     "--data.batch_size=16",
 ]
-
-
-def _scalar_tags(root: Path) -> set[str]:
-    tags: set[str] = set()
-    for event_file in root.rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(event_file))
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    return tags
 
 
 def _assert_every_parameter_changed(before: torch.nn.Module, after: torch.nn.Module) -> None:
@@ -54,7 +45,7 @@ def test_cli_fit_each_mode(mode, tmp_path):
     )
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     _assert_every_parameter_changed(AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY), exported)
-    tags = _scalar_tags(tmp_path)
+    tags = set(scalar_series(tmp_path))
     assert "rollout/answer_reward" in tags  # every mode samples responses (c_rl to fill the cache)
     assert ("rollout/critique_reward" in tags) == (mode != "g_rl")
     for tag in ("train/loss", "train/clip_frac", "time/rollout", "eval/gen_acc", "eval/crit_acc"):
