@@ -429,7 +429,7 @@ class RolloutDataModule(LightningDataModule):
             sums["rollout/critique_len"] = (sum(len(s.completion.token_ids) for s in critiques), len(critiques))
             sums["rollout/verdict_parse_failures"] = (sum(s.verdict is None for s in critiques), len(critiques))
         sums.update({name: (value, 1) for name, value in round_.metrics.items()})  # mean over ranks
-        metrics = self._reduce_sums(sums)
+        metrics = reduce_sums(trainer, sums)
         metrics["rollout/cache_size"] = float(len(self.cache))
         metrics["rollout/round"] = float(round_.index)
         for logger in trainer.loggers:
@@ -464,16 +464,6 @@ class RolloutDataModule(LightningDataModule):
     def _rank_world(self) -> tuple[int, int]:
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _reduce_sums(self, sums: dict[str, tuple[float, float]]) -> dict[str, float]:
-        """Global ``sum / count`` per name; a name some ranks lack (no critiques there) still lines up."""
-        names = sorted(sums)
-        if self.trainer.world_size > 1:
-            gathered: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
-            torch.distributed.all_gather_object(gathered, names)
-            names = sorted(set().union(*gathered))
-        totals = self._reduce(torch.tensor([[float(v) for v in sums.get(n, (0.0, 0.0))] for n in names]), "sum")
-        return {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
-
     def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:
         trainer = self.trainer
         if trainer.world_size == 1:
@@ -484,6 +474,21 @@ class RolloutDataModule(LightningDataModule):
             gathered = strategy.all_gather(device_tensor)
             return gathered.max(dim=0).values.cpu()
         return strategy.reduce(device_tensor, reduce_op=op).cpu()
+
+
+def reduce_sums(trainer: Any, sums: dict[str, Sequence[float]]) -> dict[str, float]:
+    """Global ``sum / count`` per name over all ranks, from each rank's ``name -> (sum, count)``;
+    a name some ranks lack (no critiques there, no question of some set) still lines up."""
+    names = sorted(sums)
+    if trainer.world_size > 1:
+        gathered: list[list[str]] = [[] for _ in range(trainer.world_size)]
+        torch.distributed.all_gather_object(gathered, names)
+        names = sorted(set().union(*gathered))
+    totals = torch.tensor([[float(v) for v in sums.get(n, (0.0, 0.0))] for n in names], dtype=torch.float64)
+    if trainer.world_size > 1:
+        strategy = trainer.strategy
+        totals = strategy.reduce(totals.to(strategy.root_device), reduce_op="sum").cpu()
+    return {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
 
 
 @contextmanager

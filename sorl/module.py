@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
 
-from sorl.data import full_parameters
+from sorl.data import full_parameters, reduce_sums
 from sorl.engines.base import SamplingParams
 from sorl.loss import GRPOLoss
 from sorl.policy import DType, completion_logprobs, load_policy, load_tokenizer
@@ -92,9 +92,9 @@ class GCRLModule(LightningModule):
         self.eval_crit_f1 = BinaryF1Score()
         self.eval_verdict_wrong_share = MeanMetric()
         self.eval_verdict_parse_failures = MeanMetric()
-        # Per evaluation set (Question.dataset), (metric, dataset) -> [sum, count]; reduced over ranks
-        # by name, since a rank's shard need not hold every set.
-        self._eval_dataset_sums: dict[tuple[str, str], list[float]] = {}
+        # Per evaluation set (Question.dataset), eval/<metric>/<dataset> -> [sum, count]; reduced
+        # over ranks by name, since a rank's shard need not hold every set.
+        self._eval_dataset_sums: dict[str, list[float]] = {}
         self._epoch_started = 0.0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient
 
@@ -132,15 +132,17 @@ class GCRLModule(LightningModule):
         logprobs = torch.zeros((num_rows, width), dtype=torch.float32, device=input_ids.device)
         entropy = torch.zeros_like(logprobs)
         for rows in kinds:
-            mask = attention_mask[rows]  # [R, P + C]
-            first = int(mask[:, :prompt_width].any(0).nonzero()[0, 0]) if mask[:, :prompt_width].any() else prompt_width
+            index = rows.nonzero()[:, 0]
+            mask = attention_mask[index]  # [R, P + C]
+            # left padding: the first column any row of this kind uses (0 if none: nothing trimmed)
+            first = int(mask[:, :prompt_width].any(0).long().argmax())
             kept = max(1, int(mask[:, prompt_width:].sum(-1).max()))  # the longest completion of this kind
             end = prompt_width + kept
             kind_logprobs, kind_entropy = completion_logprobs(
-                model, input_ids[rows, first:end], mask[:, first:end], completion_ids[rows, :kept], batch["temperature"]
+                model, input_ids[index, first:end], mask[:, first:end], completion_ids[index, :kept], batch["temperature"]
             )
-            logprobs[rows.nonzero()[:, 0], :kept] = kind_logprobs
-            entropy[rows.nonzero()[:, 0], :kept] = kind_entropy
+            logprobs[index, :kept] = kind_logprobs
+            entropy[index, :kept] = kind_entropy
         return logprobs, entropy
 
     # ------------------------------------------------------------------ training
@@ -161,10 +163,6 @@ class GCRLModule(LightningModule):
             logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer,
             behaviour_logprobs=batch.get("engine_logprobs"),  # present when importance sampling is on
         )
-        if not torch.isfinite(loss):
-            # Still backpropagated, so DDP's all-reduce sees every rank; on_before_optimizer_step
-            # then finds the non-finite gradient and skips the step.
-            rank_zero_warn(f"non-finite loss {loss.item()} at step {self.global_step}; the step will be skipped")
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
         for name, value in diagnostics.items():
@@ -173,7 +171,11 @@ class GCRLModule(LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skips an optimizer step whose gradient is not finite, so NaN/inf never reach the weights."""
+        """Skips an optimizer step whose gradient is not finite, so NaN/inf never reach the weights.
+
+        A non-finite loss shows up here as a non-finite gradient: checking once per step, not per
+        micro-batch, keeps a device sync out of the training step.
+        """
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()) if grads else True
         # Every rank must agree (FSDP shards differ); a step is taken only if all are finite.
@@ -242,7 +244,7 @@ class GCRLModule(LightningModule):
     def _add_dataset_sums(self, metric: str, datasets: list[str], values: list[float]) -> None:
         for dataset, value in zip(datasets, values):
             if dataset:  # tasks without named sets (the arithmetic task) report totals only
-                sums = self._eval_dataset_sums.setdefault((metric, dataset), [0.0, 0.0])
+                sums = self._eval_dataset_sums.setdefault(f"eval/{metric}/{dataset}", [0.0, 0.0])
                 sums[0] += value
                 sums[1] += 1
 
@@ -250,24 +252,11 @@ class GCRLModule(LightningModule):
         """``eval/<metric>/<dataset>`` and the mean over sets ``eval/<metric>_avg`` (the paper's
         average), summed over ranks; resets the sums."""
         sums, self._eval_dataset_sums = self._eval_dataset_sums, {}
-        keys = sorted(sums)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[list[tuple[str, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
-            torch.distributed.all_gather_object(gathered, keys)
-            keys = sorted(set().union(*map(set, gathered)))
-        if not keys:
-            return {}
-        totals = torch.tensor([sums.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
-        values: dict[str, float] = {}
-        per_metric: dict[str, list[float]] = {}
-        for (metric, dataset), (total, count) in zip(keys, totals.tolist()):
-            if count > 0:
-                values[f"eval/{metric}/{dataset}"] = total / count
-                per_metric.setdefault(metric, []).append(total / count)
-        for metric, accuracies in per_metric.items():
-            values[f"eval/{metric}_avg"] = sum(accuracies) / len(accuracies)
+        values = reduce_sums(self.trainer, sums)
+        for metric in ("gen_acc", "crit_acc"):
+            per_set = [value for name, value in values.items() if name.startswith(f"eval/{metric}/")]
+            if per_set:
+                values[f"eval/{metric}_avg"] = sum(per_set) / len(per_set)
         return values
 
     def compute_eval_metrics(self) -> dict[str, float]:

@@ -1,11 +1,20 @@
 """Per-dataset evaluation: accuracy per evaluation set and their average, in the table and JSON."""
 
+from lightning.pytorch import Trainer
+
 from sorl import GCRLModule
 from sorl.callbacks.evaluation import summary_json, summary_table
 
 
-def test_accuracy_per_set_and_the_mean_over_sets():
+def _module() -> GCRLModule:
+    """A module attached to a single-process Trainer, which the reduction over ranks reads."""
     module = GCRLModule()
+    module.trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return module
+
+
+def test_accuracy_per_set_and_the_mean_over_sets():
+    module = _module()
     module._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k", "math500", ""], [1.0, 0.0, 1.0, 1.0])
     module._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k"], [1.0, 1.0])
     module._add_dataset_sums("crit_acc", ["gsm8k", "gsm8k"], [1.0, 0.0])
@@ -21,7 +30,7 @@ def test_accuracy_per_set_and_the_mean_over_sets():
 
 
 def test_unnamed_questions_give_totals_only():
-    module = GCRLModule()
+    module = _module()
     module._add_dataset_sums("gen_acc", ["", ""], [1.0, 0.0])
     assert module._dataset_metrics() == {}
 
