@@ -27,46 +27,18 @@ from tqdm.auto import tqdm
 
 from sorl.callbacks.base import rollout_callbacks
 from sorl.engines.base import Completion, RolloutEngine, SamplingParams
-from sorl.engines.hf import HFEngine, left_pad
+from sorl.batching import collate, empty_batch, schedule, set_step_normalizers, step_counts
+from sorl.engines.hf import HFEngine
 from sorl.loss import group_advantages
 from sorl.rewards import critique_reward
+from sorl.rollout import Round, Sample
 from sorl.tasks.base import CritiqueExample, Question, Task
-
-Kind = Literal["answer", "critique"]
 
 # RoundBatches has an exact length (one process builds it); Lightning warns for any such dataset.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 # The DataModule's own state holds the rest of an interrupted round (see state_dict), so the
 # dataloader does resume where it stopped; Lightning cannot see that and would warn otherwise.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-
-
-@dataclass
-class Sample:
-    """One sampled completion with its reward; ``pair`` is the critiqued pair for critiques."""
-
-    kind: Kind
-    group: int  # samples of one group share a prompt: advantages are relative within it
-    question: Question
-    prompt_ids: list[int]
-    completion: Completion
-    reward: float = 0.0
-    advantage: float = 0.0
-    pair: CritiqueExample | None = None
-    verdict: bool | None = None  # for critiques: True if it judges the response right
-
-
-@dataclass
-class Round:
-    """Everything one round produced; rollout callbacks read and change it in place."""
-
-    index: int
-    questions: list[Question]
-    answers: list[Sample] = field(default_factory=list)
-    candidates: list[CritiqueExample] = field(default_factory=list)
-    critique_pairs: list[CritiqueExample] = field(default_factory=list)
-    critiques: list[Sample] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)  # extra values to log, mean over ranks
 
 
 class RoundBatches(IterableDataset):
@@ -105,12 +77,16 @@ class RolloutDataModule(LightningDataModule):
         temperature, top_p: sampling parameters of both rollouts (logprobs use the same temperature).
         max_response_tokens, max_critique_tokens: generation bounds.
         batch_size: samples per micro-batch (``Trainer(accumulate_grad_batches)`` groups them).
-        passes_per_round: optimizer passes over a round's data; > 1 computes ``old_logprobs``.
+        passes_per_round: optimizer passes over a round's data. Whenever a round holds more than
+            one optimizer step, the micro-batches trained after the first are marked ``off_policy``
+            and the module scores them with the round's sampling policy first (``old_logprobs``).
         scale_rewards_by_std: divide advantages by the group's std (GRPO) or not (Dr. GRPO).
         drop_zero_std_groups: drop groups whose rewards are all equal (DAPO's dynamic sampling).
         mask_truncated: leave responses that hit the token bound out of the loss.
         eval_samples: samples per evaluation question for mean accuracy (0: greedy only).
-        eval_max_questions: cap on evaluation questions and critique examples (None: all).
+        eval_max_questions: cap on evaluation questions and critique examples (None: all); the
+            critique examples kept are the first ``cap // 2`` right and ``cap // 2`` wrong ones, so
+            the set stays label-balanced.
         chat_template: wrap each prompt as a user message in the tokenizer's chat template;
             ``None`` does so when the tokenizer has one (the embedded policy has none).
         system_prompt: a system message put before each prompt when the chat template is used.
@@ -203,7 +179,7 @@ class RolloutDataModule(LightningDataModule):
         # Truncated importance sampling needs the engine's logprobs of the sampled tokens.
         self.engine_logprobs = module.loss.importance_sampling_cap is not None
         round_ = self.build_round(module.mode)
-        batches = self.make_batches(round_, module)
+        batches = self.make_batches(round_, module.mode, module.tokenizer.pad_token_id)
         self.log_round(round_)
         self.last_round = round_
         self.round_index += 1
@@ -214,7 +190,7 @@ class RolloutDataModule(LightningDataModule):
         """Evaluation items for this rank: batches of held-out questions and of critique examples."""
         rank, world = self._rank_world()
         questions = list(self.task.eval_questions())[: self.eval_max_questions][rank::world]
-        examples = list(self.task.critique_eval_set())[: self.eval_max_questions][rank::world]
+        examples = balanced_head(self.task.critique_eval_set(), self.eval_max_questions)[rank::world]
         size = max(1, self.batch_size)
         items = [{"kind": "generation", "questions": questions[i : i + size]} for i in range(0, len(questions), size)]
         items += [{"kind": "critique", "examples": examples[i : i + size]} for i in range(0, len(examples), size)]
@@ -233,6 +209,7 @@ class RolloutDataModule(LightningDataModule):
                 {"question": asdict(pair.question), "response": pair.response, "is_right": pair.is_right}
                 for pair in self.cache
             ],
+            "cache_frozen": self.cache_frozen,  # each rank freezes its own cache
             "pending_batches": [],
             "pending_skipped": 0,
             "rng": rng_states(),
@@ -245,7 +222,7 @@ class RolloutDataModule(LightningDataModule):
         if self.trainer.world_size > 1:
             ranks = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(ranks, rank_state)
-        return {"round_index": self.round_index, "cache_frozen": self.cache_frozen, "ranks": ranks}
+        return {"round_index": self.round_index, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rank, world = self._rank_world()
@@ -256,7 +233,7 @@ class RolloutDataModule(LightningDataModule):
             )
         rank_state = state["ranks"][rank]
         self.round_index = state["round_index"]
-        self.cache_frozen = state["cache_frozen"]
+        self.cache_frozen = rank_state["cache_frozen"]
         self.cache.clear()
         for pair in rank_state["cache"]:
             self.cache.append(CritiqueExample(Question(**pair["question"]), pair["response"], pair["is_right"]))
@@ -350,6 +327,11 @@ class RolloutDataModule(LightningDataModule):
         progress.close()
 
         # 5. Group-relative advantages, per kind.
+        self.assign_advantages(round_)
+        return round_
+
+    def assign_advantages(self, round_: Round) -> None:
+        """Group-relative advantages per kind; records the groups whose rewards are all equal."""
         for kind, samples in (("answer", round_.answers), ("critique", round_.critiques)):
             if not samples:
                 continue
@@ -359,59 +341,37 @@ class RolloutDataModule(LightningDataModule):
             for sample, advantage in zip(samples, advantages.tolist()):
                 sample.advantage = advantage
             zero_std_groups = {g for g, z in zip(groups.tolist(), zero_std.tolist()) if z}
+            round_.zero_std_groups |= zero_std_groups
             round_.metrics[f"rollout/frac_zero_std_{kind}"] = len(zero_std_groups) / len(set(groups.tolist()))
-        return round_
 
     def training_samples(self, round_: Round, mode: str) -> list[Sample]:
         samples = (round_.answers if mode in ("g_rl", "gc_rl") else []) + (
             round_.critiques if mode in ("c_rl", "gc_rl") else []
         )
         if self.drop_zero_std_groups:
-            samples = [s for s in samples if s.advantage != 0.0]
+            samples = [s for s in samples if s.group not in round_.zero_std_groups]
         return samples
 
-    def make_batches(self, round_: Round, module: Any) -> list[dict[str, Any]]:
-        """Micro-batches for this round, the same count on every rank, with step normalizers.
-
-        ``step_tokens`` / ``step_sequences`` are the global counts of the optimizer step a
-        micro-batch belongs to, divided by (accumulation x world size): a loss summed over the
-        micro-batch and divided by it gives the step's global mean once Lightning scales by
-        1/accumulation and DDP averages over ranks.
-        """
-        trainer = self.trainer
-        accumulation = trainer.accumulate_grad_batches
+    def make_batches(self, round_: Round, mode: str, pad_id: int) -> list[dict[str, Any]]:
+        """Micro-batches for this round in training order, the same count on every rank, with step
+        normalizers (see :mod:`sorl.batching`)."""
+        accumulation = self.trainer.accumulate_grad_batches
         rank, world = self._rank_world()
-        samples = self.training_samples(round_, module.mode)
-        rng = random.Random(self.seed * 104_729 + self.round_index * 131 + rank)
-        rng.shuffle(samples)
-        pad_id = module.tokenizer.pad_token_id
+        samples = self.training_samples(round_, mode)
+        random.Random(self.seed * 104_729 + self.round_index * 131 + rank).shuffle(samples)
         batches = [
             collate(samples[i : i + self.batch_size], pad_id, self.sampling.temperature, self.mask_truncated, self.engine_logprobs)
             for i in range(0, len(samples), self.batch_size)
         ]
         # Every rank runs the same number of whole optimizer steps, or DDP waits forever.
         steps = -(-len(batches) // accumulation)
-        steps = int(self._reduce(torch.tensor(float(steps)), "max").item())
-        steps = max(steps, 1)
+        steps = max(1, int(self._reduce(torch.tensor(float(steps)), "max").item()))
         while len(batches) < steps * accumulation:
             batches.append(empty_batch(pad_id, self.sampling.temperature, self.engine_logprobs))
-        counts = torch.tensor(
-            [[b["completion_mask"].sum().item(), (b["completion_mask"].sum(-1) > 0).sum().item()] for b in batches]
-        ).view(steps, accumulation, 2).sum(1)
-        counts = self._reduce(counts, "sum") / (accumulation * world)
-        for index, batch in enumerate(batches):
-            batch["step_tokens"] = counts[index // accumulation, 0].clamp(min=1e-8)
-            batch["step_sequences"] = counts[index // accumulation, 1].clamp(min=1e-8)
-        if self.passes_per_round > 1:
-            with torch.no_grad():
-                for batch in batches:
-                    batch["old_logprobs"] = module.completion_logprobs(batch)[0].detach()
-        steps_of_batches = [batches[s * accumulation : (s + 1) * accumulation] for s in range(steps)]
-        schedule = list(batches)
-        for _ in range(self.passes_per_round - 1):
-            rng.shuffle(steps_of_batches)
-            schedule += [batch for step in steps_of_batches for batch in step]
-        return schedule
+        counts = self._reduce(step_counts(batches, accumulation), "sum")
+        set_step_normalizers(batches, counts, accumulation, world)
+        # no rank in this seed: every rank must shuffle the steps of later passes alike
+        return schedule(batches, accumulation, self.passes_per_round, random.Random(self.seed * 104_729 + self.round_index * 131))
 
     def log_round(self, round_: Round) -> None:
         """Round statistics (reduced over ranks) and text samples to the Trainer's loggers."""
@@ -524,62 +484,14 @@ def encode_prompts(
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def collate(
-    samples: Sequence[Sample], pad_id: int, temperature: float, mask_truncated: bool, engine_logprobs: bool = False
-) -> dict[str, Any]:
-    """Token ids of prompts (left-padded) followed by completions (right-padded), with masks, and
-    with ``engine_logprobs`` the engine's logprobs of the completion tokens.
-
-    Training uses the generated ids as they are, never re-tokenized text.
-    """
-    prompt_ids, prompt_mask = left_pad([s.prompt_ids for s in samples], pad_id)
-    width = max(1, max(len(s.completion.token_ids) for s in samples))
-    completion_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(samples), width), dtype=torch.float32)
-    for row, sample in enumerate(samples):
-        tokens = sample.completion.token_ids
-        completion_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        keep = not (mask_truncated and sample.completion.finish_reason == "length")
-        completion_mask[row, : len(tokens)] = float(keep)
-    batch = {
-        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
-        "attention_mask": torch.cat([prompt_mask, _lengths_mask(samples, width)], dim=1),
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
-        "is_critique": torch.tensor([s.kind == "critique" for s in samples]),
-        "temperature": temperature,
-    }
-    if engine_logprobs:
-        batch["engine_logprobs"] = torch.zeros((len(samples), width), dtype=torch.float32)
-        for row, sample in enumerate(samples):
-            if sample.completion.logprobs is None:
-                raise ValueError("importance sampling needs logprobs from the engine, which returned none")
-            values = sample.completion.logprobs
-            batch["engine_logprobs"][row, : len(values)] = torch.tensor(values, dtype=torch.float32)
-    return batch
-
-
-def _lengths_mask(samples: Sequence[Sample], width: int) -> torch.Tensor:
-    lengths = torch.tensor([len(s.completion.token_ids) for s in samples])
-    return (torch.arange(width)[None, :] < lengths[:, None]).long()
-
-
-def empty_batch(pad_id: int, temperature: float, engine_logprobs: bool = False) -> dict[str, Any]:
-    """A batch that contributes nothing to the loss, to even out ranks' step counts."""
-    ids = torch.full((1, 2), pad_id, dtype=torch.long)
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "completion_ids": ids[:, 1:],
-        "completion_mask": torch.zeros((1, 1)),
-        "advantages": torch.zeros(1),
-        "is_critique": torch.zeros(1, dtype=torch.bool),
-        "temperature": temperature,
-    }
-    if engine_logprobs:
-        batch["engine_logprobs"] = torch.zeros((1, 1))
-    return batch
+def balanced_head(examples: Sequence[CritiqueExample], cap: int | None) -> list[CritiqueExample]:
+    """The first ``cap // 2`` right and ``cap // 2`` wrong examples, in their order (all if ``cap`` is None)."""
+    if cap is None:
+        return list(examples)
+    right = [e for e in examples if e.is_right][: cap // 2]
+    wrong = [e for e in examples if not e.is_right][: cap // 2]
+    kept = set(map(id, right + wrong))
+    return [e for e in examples if id(e) in kept]
 
 
 def _right_share(pairs: Sequence[CritiqueExample]) -> float:

@@ -134,7 +134,9 @@ class GRPOLoss(nn.Module):
                 tokens; required when ``importance_sampling_cap`` is set.
 
         Returns:
-            tuple[Tensor, dict[str, Tensor]]: scalar loss and detached diagnostics.
+            tuple[Tensor, dict[str, Tensor]]: scalar loss and detached diagnostics: ``clip_frac``,
+            ``ratio_mean/max/min``, ``sampling_kl`` (KL from the sampling to the current policy),
+            ``kl`` (to the reference, when given), ``is_ratio_mean/max``, ``entropy``, ``num_tokens``.
         """
         if advantages.shape != logprobs.shape[:1]:
             raise ValueError(f"advantages must be [B]={tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
@@ -195,6 +197,9 @@ class GRPOLoss(nn.Module):
                 "ratio_mean": masked_mean(ratio),
                 "ratio_max": torch.where(has_tokens, ratio.masked_fill(~mask, -torch.inf).amax(), zero),
                 "ratio_min": torch.where(has_tokens, ratio.masked_fill(~mask, torch.inf).amin(), zero),
+                # k3 estimate of KL(sampling || current) on tokens drawn by the sampling policy:
+                # how far the update has moved from the data, whatever beta is.
+                "sampling_kl": masked_mean(ratio - 1 - log_ratio),
                 "num_tokens": num_tokens,
             }
             if kl is not None:

@@ -97,6 +97,7 @@ class GCRLModule(LightningModule):
         self._eval_dataset_sums: dict[str, list[float]] = {}
         self._epoch_started = 0.0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient
+        self._step_loss = torch.zeros(())  # sum of this optimizer step's micro-batch losses on this rank
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -148,11 +149,27 @@ class GCRLModule(LightningModule):
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
+        self.score_off_policy_batches(self.trainer.train_dataloader.dataset)
+
+    @torch.no_grad()
+    def score_off_policy_batches(self, batches: Any) -> None:
+        """``old_logprobs`` of every micro-batch marked ``off_policy`` (trained after the round's
+        first optimizer step), under the policy that sampled it, i.e. before the round's first
+        update. Computed exactly as the training step computes logprobs: on the module's device,
+        under the Trainer's precision (autocast) and through the same modules, so that the first
+        step's ratio is 1. Batches that already hold them (a resumed round) are left as they are.
+        """
+        for batch in batches:
+            if batch.get("off_policy") and "old_logprobs" not in batch:
+                on_device = self.trainer.strategy.batch_to_device(batch)
+                with self.trainer.precision_plugin.train_step_context():
+                    batch["old_logprobs"] = self.completion_logprobs(on_device)[0].cpu()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logprobs, entropy = self.completion_logprobs(batch)
-        old_logprobs = batch.get("old_logprobs")
-        if old_logprobs is None:  # one pass over the round's data: the ratio is exactly 1
+        if batch.get("off_policy"):
+            old_logprobs = batch["old_logprobs"]
+        else:  # trained only in the round's first optimizer step: still the sampling policy, ratio 1
             old_logprobs = logprobs.detach()
         ref_logprobs = None
         if self.reference is not None:
@@ -163,8 +180,10 @@ class GCRLModule(LightningModule):
             logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer,
             behaviour_logprobs=batch.get("engine_logprobs"),  # present when importance sampling is on
         )
+        # The loss is scaled for the step's global normalizer; summed over the step's micro-batches
+        # and ranks and divided by their count it is the step's mean loss (logged at the step).
+        self._step_loss = self._step_loss + loss.detach()
         batch_size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
         for name, value in diagnostics.items():
             if name != "num_tokens":
                 self.log(f"train/{name}", value, batch_size=batch_size)
@@ -188,6 +207,9 @@ class GCRLModule(LightningModule):
                 f"({self.skipped_steps} skipped so far, logged as train/skipped_steps)"
             )
         self.log("train/skipped_steps", float(self.skipped_steps))
+        micro_batches = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        self.log("train/loss", self._step_loss / micro_batches, reduce_fx="sum", sync_dist=True, prog_bar=True)
+        self._step_loss = torch.zeros((), device=self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps

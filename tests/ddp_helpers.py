@@ -1,5 +1,6 @@
 """Callbacks for the DDP and resume tests (importable by class_path from subprocesses)."""
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -39,3 +40,21 @@ class FailOnRank(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             raise RuntimeError(f"deliberate failure on rank {self.rank} at step {self.step}")
+
+
+class RecordCache(Callback):
+    """Each rank appends its critique cache (and whether it is frozen) as one JSON line per round."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+        entry = {
+            "round": datamodule.round_index - 1,
+            "frozen": datamodule.cache_frozen,
+            "cache": [[p.question.id, p.response, p.is_right] for p in datamodule.cache],
+        }
+        with (Path(self.dirpath) / f"cache-rank{trainer.global_rank}.jsonl").open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")

@@ -1,13 +1,16 @@
 """The DataModule's batch schedule: step normalizers, equal step counts, multiple passes."""
 
+import threading
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from sorl.data import Round, RolloutDataModule, Sample
+from sorl.data import RolloutDataModule, balanced_head
+from sorl.rollout import Round, Sample
 from sorl.engines import Completion
 from sorl.loss import GRPOLoss
-from sorl.tasks import ArithmeticTask, Question
+from sorl.tasks import ArithmeticTask, CritiqueExample, Question
 
 QUESTION = Question("q", "1+2", "3")
 
@@ -31,16 +34,11 @@ def _round(lengths: list[int], kind: str = "answer") -> Round:
     return round_
 
 
-def _module(mode: str = "gc_rl", logprobs=None):
-    tokenizer = SimpleNamespace(pad_token_id=0)
-    return SimpleNamespace(mode=mode, tokenizer=tokenizer, completion_logprobs=logprobs)
-
-
 def test_step_normalizer_makes_token_mean_independent_of_accumulation():
     lengths = [1, 3, 2, 5, 4, 1, 2, 3]
     total_tokens = sum(lengths)
     # 4 micro-batches of 2 samples, 2 per optimizer step -> 2 steps
-    batches = _datamodule(accumulation=2, batch_size=2).make_batches(_round(lengths), _module())
+    batches = _datamodule(accumulation=2, batch_size=2).make_batches(_round(lengths), "gc_rl", pad_id=0)
     assert len(batches) == 4
     step_tokens = [b["completion_mask"].sum().item() for b in batches]
     for step in range(2):
@@ -70,37 +68,88 @@ def test_batches_padded_to_whole_steps_and_modes_select_samples():
     datamodule = _datamodule(accumulation=4, batch_size=2)
     round_ = _round([2, 2, 2])
     round_.critiques = _round([3, 3], "critique").critiques
-    gc = datamodule.make_batches(round_, _module("gc_rl"))
+    gc = datamodule.make_batches(round_, "gc_rl", pad_id=0)
     assert len(gc) == 4  # 3 real micro-batches padded to one whole step of 4
     assert gc[-1]["completion_mask"].sum() == 0
     assert sum(b["is_critique"].sum().item() for b in gc) == 2
-    g = datamodule.make_batches(round_, _module("g_rl"))
+    g = datamodule.make_batches(round_, "g_rl", pad_id=0)
     assert sum(b["is_critique"].sum().item() for b in g) == 0
-    c = datamodule.make_batches(round_, _module("c_rl"))
+    c = datamodule.make_batches(round_, "c_rl", pad_id=0)
     assert sum(len(b["advantages"]) for b in c if b["completion_mask"].sum() > 0) == 2
 
 
-def test_multiple_passes_compute_old_logprobs_once_per_round():
-    calls = []
-
-    def logprobs(batch):
-        calls.append(batch)
-        return torch.zeros(batch["completion_ids"].shape), None
-
-    batches = _datamodule(accumulation=1, batch_size=2, passes=3).make_batches(_round([2, 3, 1, 4]), _module(logprobs=logprobs))
-    assert len(batches) == 6 and len(calls) == 2  # 2 micro-batches, 3 passes; logprobs computed once each
-    assert all("old_logprobs" in b for b in batches)
-    assert {id(b) for b in batches} == {id(b) for b in calls}
+def test_batches_after_the_first_step_are_off_policy():
+    # 4 micro-batches of 2, 2 per step: the second step's batches were sampled before the first update
+    one_pass = _datamodule(accumulation=2, batch_size=2).make_batches(_round([2, 3, 1, 4, 2, 2, 1, 1]), "g_rl", pad_id=0)
+    assert [b["off_policy"] for b in one_pass] == [False, False, True, True]
+    # with 3 passes every micro-batch is trained again later: all need the sampling policy's logprobs
+    passes = _datamodule(accumulation=1, batch_size=2, passes=3).make_batches(_round([2, 3, 1, 4]), "g_rl", pad_id=0)
+    assert len(passes) == 6 and len({id(b) for b in passes}) == 2
+    assert all(b["off_policy"] for b in passes)
 
 
-def test_drop_zero_std_groups():
+def test_drop_zero_std_groups_drops_whole_groups_not_zero_advantages():
     datamodule = _datamodule(accumulation=1, batch_size=8)
     datamodule.drop_zero_std_groups = True
-    round_ = _round([2, 2, 2, 2])
-    round_.answers[0].advantage = 0.0
-    round_.answers[1].advantage = 0.0
-    batches = datamodule.make_batches(round_, _module("g_rl"))
-    assert sum(len(b["advantages"]) for b in batches) == 2
+    round_ = _round([2, 2, 2, 2, 2, 2])  # groups 0, 1, 2 of two samples each
+    round_.zero_std_groups = {1}
+    round_.answers[0].advantage = 0.0  # the middle sample of a group with a spread (rewards 1, 0.5, 0)
+    batches = datamodule.make_batches(round_, "g_rl", pad_id=0)
+    assert sum(len(b["advantages"]) for b in batches) == 4
+    assert 0.0 in batches[0]["advantages"].tolist()
+
+
+def test_advantage_phase_records_zero_std_groups():
+    datamodule = _datamodule(accumulation=1, batch_size=8)
+    round_ = _round([2, 2, 2])
+    group = [Sample("critique", 7, QUESTION, [5], Completion([3], "", "stop"), reward=r) for r in (1.0, 0.5, 0.0)]
+    round_.critiques = group
+    datamodule.assign_advantages(round_)
+    assert 7 not in round_.zero_std_groups and group[1].advantage == 0.0
+
+
+def test_later_passes_shuffle_steps_alike_on_every_rank():
+    """Two simulated ranks with different step token counts: in every optimizer step of every pass,
+    the token weights 1 / step_tokens / (accumulation x world) over both ranks' micro-batches sum to 1."""
+    accumulation, world = 2, 2
+    rounds = [_round([1, 3, 2, 5, 4, 1, 2, 3] * 2), _round([6, 1, 1, 2, 7, 3, 2, 2, 1, 1, 9, 4, 2, 5, 3, 8])]
+    barrier, shared = threading.Barrier(world), [None] * world
+    schedules = [None] * world
+
+    def run(rank: int) -> None:
+        datamodule = RolloutDataModule(ArithmeticTask(num_eval=4), batch_size=2, passes_per_round=4, seed=3)
+        datamodule.trainer = SimpleNamespace(accumulate_grad_batches=accumulation, world_size=world, global_rank=rank)
+
+        def reduce(tensor, op):  # an all-reduce over the two threads
+            shared[rank] = tensor
+            barrier.wait()
+            result = torch.stack(shared).amax(0) if op == "max" else torch.stack(shared).sum(0)
+            barrier.wait()
+            return result
+
+        datamodule._reduce = reduce
+        schedules[rank] = datamodule.make_batches(rounds[rank], "g_rl", pad_id=0)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(schedules[0]) == len(schedules[1]) == 8 * 4  # 8 micro-batches (4 steps), 4 passes
+    for start in range(0, len(schedules[0]), accumulation):
+        weight = sum(
+            (b["completion_mask"].sum() / b["step_tokens"]).item() / (accumulation * world)
+            for schedule in schedules
+            for b in schedule[start : start + accumulation]
+        )
+        assert weight == pytest.approx(1.0), f"micro-batches {start}..{start + accumulation - 1}"
+
+
+def test_balanced_head_keeps_the_critique_set_balanced():
+    examples = [CritiqueExample(QUESTION, str(i), i % 2 == 0) for i in range(10)]
+    kept = balanced_head(examples, 5)
+    assert [e.response for e in kept] == ["0", "1", "2", "3"]
+    assert balanced_head(examples, None) == examples
 
 
 def test_ranks_get_disjoint_shards_of_each_round():

@@ -8,7 +8,8 @@ import torch
 
 from scalars import scalar_series
 from sorl.cli import cli_main
-from sorl.data import Sample, collate
+from sorl.batching import collate
+from sorl.rollout import Sample
 from sorl.engines import HFEngine, SamplingParams
 from sorl.loss import GRPOLoss
 from sorl.policy import completion_logprobs, load_policy, load_tokenizer

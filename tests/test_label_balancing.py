@@ -39,6 +39,9 @@ def test_subsample_to_share():
     assert sum(p.is_right for p in kept) == 3 and sum(not p.is_right for p in kept) == 3
     kept = subsample_to_share(pairs, 0.25, random.Random(0))
     assert sum(p.is_right for p in kept) == 3 and sum(not p.is_right for p in kept) == 9
+    # 3 * (1 - 0.3) / 0.3 is exactly 7, though 6.999... in floats
+    kept = subsample_to_share(pairs, 0.3, random.Random(0))
+    assert sum(p.is_right for p in kept) == 3 and sum(not p.is_right for p in kept) == 7
 
 
 def test_callback_replaces_round_candidates():

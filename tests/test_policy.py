@@ -2,7 +2,8 @@
 
 import torch
 
-from sorl.data import Sample, collate
+from sorl.batching import collate
+from sorl.rollout import Sample
 from sorl.engines import Completion, HFEngine, SamplingParams
 from sorl.loss import GRPOLoss
 from sorl.policy import completion_logprobs, load_policy, load_tokenizer

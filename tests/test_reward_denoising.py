@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sorl.callbacks import RewardDenoising, RewardNoise
-from sorl.data import Round, Sample
+from sorl.rollout import Round, Sample
 from sorl.engines import Completion, SamplingParams
 from sorl.tasks import ArithmeticTask, CritiqueExample, Question
 

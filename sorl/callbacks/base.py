@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from lightning.pytorch import Callback, Trainer
 
 if TYPE_CHECKING:
-    from sorl.data import Round, RolloutDataModule
+    from sorl.data import RolloutDataModule
+    from sorl.rollout import Round
 
 
 class RolloutCallback(Callback):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
+from fractions import Fraction
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -69,7 +71,9 @@ def subsample_to_share(pairs: list[CritiqueExample], target_right_share: float, 
     """The largest random subset of ``pairs`` whose share of right responses is the target."""
     right = [p for p in pairs if p.is_right]
     wrong = [p for p in pairs if not p.is_right]
-    keep_right = min(len(right), int(len(wrong) * target_right_share / (1 - target_right_share)))
-    keep_wrong = min(len(wrong), int(len(right) * (1 - target_right_share) / target_right_share))
+    # Exact rational arithmetic: 3 * (1 - 0.3) / 0.3 is 6.999... in floats and would keep 6, not 7.
+    share = Fraction(target_right_share).limit_denominator(10**6)
+    keep_right = min(len(right), math.floor(len(wrong) * share / (1 - share)))
+    keep_wrong = min(len(wrong), math.floor(len(right) * (1 - share) / share))
     chosen = set(map(id, rng.sample(right, keep_right) + rng.sample(wrong, keep_wrong)))
     return [p for p in pairs if id(p) in chosen]

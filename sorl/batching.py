@@ -1,0 +1,117 @@
+"""Collation, padding and a round's micro-batch schedule with exact step normalizers (no Lightning).
+
+A round's samples become micro-batches of token ids; ``accumulation`` consecutive micro-batches
+form one optimizer step. Each micro-batch carries the global token and sequence counts of its
+step (``step_tokens``, ``step_sequences``, divided by accumulation x world size), so that a loss
+summed over a micro-batch and divided by them gives the step's global mean once Lightning scales
+by 1/accumulation and DDP averages over ranks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sorl.engines.hf import left_pad
+from sorl.rollout import Sample
+
+
+def collate(
+    samples: Sequence[Sample], pad_id: int, temperature: float, mask_truncated: bool, engine_logprobs: bool = False
+) -> dict[str, Any]:
+    """Token ids of prompts (left-padded) followed by completions (right-padded), with masks, and
+    with ``engine_logprobs`` the engine's logprobs of the completion tokens.
+
+    Training uses the generated ids as they are, never re-tokenized text.
+    """
+    prompt_ids, prompt_mask = left_pad([s.prompt_ids for s in samples], pad_id)
+    width = max(1, max(len(s.completion.token_ids) for s in samples))
+    completion_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(samples), width), dtype=torch.float32)
+    for row, sample in enumerate(samples):
+        tokens = sample.completion.token_ids
+        completion_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        keep = not (mask_truncated and sample.completion.finish_reason == "length")
+        completion_mask[row, : len(tokens)] = float(keep)
+    lengths = torch.tensor([len(s.completion.token_ids) for s in samples])
+    batch = {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": torch.cat([prompt_mask, (torch.arange(width)[None, :] < lengths[:, None]).long()], dim=1),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        "is_critique": torch.tensor([s.kind == "critique" for s in samples]),
+        "temperature": temperature,
+    }
+    if engine_logprobs:
+        batch["engine_logprobs"] = torch.zeros((len(samples), width), dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            if sample.completion.logprobs is None:
+                raise ValueError("importance sampling needs logprobs from the engine, which returned none")
+            values = sample.completion.logprobs
+            batch["engine_logprobs"][row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    return batch
+
+
+def empty_batch(pad_id: int, temperature: float, engine_logprobs: bool = False) -> dict[str, Any]:
+    """A batch that contributes nothing to the loss, to even out ranks' step counts."""
+    ids = torch.full((1, 2), pad_id, dtype=torch.long)
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "completion_ids": ids[:, 1:],
+        "completion_mask": torch.zeros((1, 1)),
+        "advantages": torch.zeros(1),
+        "is_critique": torch.zeros(1, dtype=torch.bool),
+        "temperature": temperature,
+    }
+    if engine_logprobs:
+        batch["engine_logprobs"] = torch.zeros((1, 1))
+    return batch
+
+
+def step_counts(batches: Sequence[dict[str, Any]], accumulation: int) -> torch.Tensor:
+    """[steps, 2] completion tokens and sequences (with at least one token) per optimizer step."""
+    if len(batches) % accumulation:
+        raise ValueError(f"{len(batches)} micro-batches do not make whole steps of {accumulation}")
+    counts = [[b["completion_mask"].sum().item(), (b["completion_mask"].sum(-1) > 0).sum().item()] for b in batches]
+    return torch.tensor(counts, dtype=torch.float64).view(-1, accumulation, 2).sum(1)
+
+
+def set_step_normalizers(batches: Sequence[dict[str, Any]], global_counts: torch.Tensor, accumulation: int, world: int) -> None:
+    """Gives each micro-batch its step's ``step_tokens`` and ``step_sequences``.
+
+    ``global_counts`` is :func:`step_counts` summed over ranks ([steps, 2]).
+    """
+    per_micro_batch = (global_counts / (accumulation * world)).float()
+    for index, batch in enumerate(batches):
+        batch["step_tokens"] = per_micro_batch[index // accumulation, 0].clamp(min=1e-8)
+        batch["step_sequences"] = per_micro_batch[index // accumulation, 1].clamp(min=1e-8)
+
+
+def schedule(batches: list[dict[str, Any]], accumulation: int, passes: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The round's training order: the micro-batches in order, then ``passes - 1`` more passes with
+    the order of whole optimizer steps shuffled by ``rng``.
+
+    ``rng`` must be seeded identically on every rank: each rank's micro-batch carries its own
+    step's normalizer, so ranks must train the same step at the same time, or the token weights
+    of a combined step no longer sum to one.
+
+    Every micro-batch trained after the round's first optimizer step is marked ``off_policy``:
+    the policy has changed since it was sampled, so the loss needs the sampling policy's
+    logprobs (``old_logprobs``) for its importance ratio. The first step's micro-batches, trained
+    once, are on-policy (ratio exactly 1).
+    """
+    steps = [batches[s : s + accumulation] for s in range(0, len(batches), accumulation)]
+    order = list(batches)
+    for _ in range(passes - 1):
+        rng.shuffle(steps)
+        order += [batch for step in steps for batch in step]
+    for batch in batches:
+        batch["off_policy"] = False
+    for batch in order[accumulation:]:  # the same dict objects: a later pass marks its first one too
+        batch["off_policy"] = True
+    return order
