@@ -8,7 +8,7 @@ label-balanced critique eval set after training (positive = the verdict ``wrong`
 - crit_acc, crit_f1, verdict_wrong_share: the Evaluation callback's ``*_after`` values;
 - crit_precision, crit_recall: the last ``eval/crit_precision`` / ``eval/crit_recall`` in TensorBoard
   (the summary JSON has no such keys), checked against the JSON's crit_acc at the same step;
-- label_ratio_after: the mean over rounds of ``rollout/label_ratio_after``, the share of right
+- right_share_after: the mean over rounds of ``rollout/right_share_after``, the share of right
   responses among the pairs entering the cache.
 
 Seeds 0 1 2 and 30 rounds by default, the variant order alternating per seed. Prints a table
@@ -53,7 +53,7 @@ from common import (
 VARIANTS = ("balanced", "unbalanced")
 SUMMARY_METRICS = ("crit_acc", "crit_f1", "verdict_wrong_share")  # from the summary JSON
 TB_METRICS = ("crit_precision", "crit_recall")  # last value in TensorBoard
-METRICS = ("crit_acc", "crit_precision", "crit_recall", "crit_f1", "verdict_wrong_share", "label_ratio_after")
+METRICS = ("crit_acc", "crit_precision", "crit_recall", "crit_f1", "verdict_wrong_share", "right_share_after")
 
 
 def callbacks(variant: str, seed: int) -> list[dict[str, Any]]:
@@ -74,16 +74,16 @@ def after_metrics(run: FitRun) -> dict[str, float]:
 def run_variant(variant: str, seed: int, rounds: int, workdir: Path) -> dict[str, Any]:
     overrides = [f"--trainer.max_epochs={rounds}", *seed_overrides(seed), callbacks_override(callbacks(variant, seed))]
     run = run_fit(QUICKSTART, overrides, workdir / f"{variant}-seed{seed}")
-    ratios = run.series("rollout/label_ratio_after")
+    ratios = run.series("rollout/right_share_after")
     if len(ratios) != rounds:
-        raise RuntimeError(f"rollout/label_ratio_after: {len(ratios)} values for {rounds} rounds")
+        raise RuntimeError(f"rollout/right_share_after: {len(ratios)} values for {rounds} rounds")
     return {
         "variant": variant,
         "seed": seed,
         **after_metrics(run),
-        "label_ratio_after": sum(ratios) / len(ratios),
-        "label_ratio_per_round": ratios,
-        "label_ratio_before_per_round": run.series("rollout/label_ratio_before"),
+        "right_share_after": sum(ratios) / len(ratios),
+        "right_share_per_round": ratios,
+        "right_share_before_per_round": run.series("rollout/right_share_before"),
         **run.timing(),
         "summary": run.summary,
     }
@@ -157,7 +157,7 @@ def main() -> None:
     markdown = "\n\n".join([
         f"# {title}",
         "Mean ± sample std over seeds, on the label-balanced critique eval set after training "
-        "(positive = the verdict `wrong`). label_ratio_after: mean over rounds of the share of right "
+        "(positive = the verdict `wrong`). right_share_after: mean over rounds of the share of right "
         "responses among the pairs entering the cache. Seconds: wall time of one `sorl fit`.",
         markdown_table(headers, rows),
         machine_markdown(info),

@@ -82,7 +82,7 @@ def overrides(label: str, seed: int, rounds: int, eval_every: int) -> list[str]:
     return [
         f"--trainer.max_epochs={rounds}",
         f"--trainer.check_val_every_n_epoch={eval_every}",
-        f"--model.init_args.mode={mode}",
+        f"--data.init_args.mode={mode}",
         f"--data.init_args.critique_data={critique_data}",
         *seed_overrides(seed),
         callbacks_override(callbacks),
@@ -226,7 +226,7 @@ def main() -> None:
     ]
     markdown = "\n\n".join([
         f"# {title}",
-        f"`{QUICKSTART}` with `--model.init_args.mode` and `--data.init_args.critique_data` per variant; "
+        f"`{QUICKSTART}` with `--data.init_args.mode` and `--data.init_args.critique_data` per variant; "
         f"evaluation every {eval_every} rounds. Mean ± sample std over seeds. gen_acc: greedy pass@1 on 200 "
         "held-out questions; gen_mean_acc: pass@1 averaged over 4 samples at temperature 1; crit_acc / crit_f1: "
         "verdicts on the 400-example label-balanced critique set (positive = `wrong`). Seconds: wall time of one "

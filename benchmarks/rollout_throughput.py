@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, machine_markdown, markdown_table, plain_table, result_name, write_results  # noqa: E402
 
 from sorl.convert import convert_gguf  # noqa: E402
-from sorl.data import encode_prompts  # noqa: E402
+from sorl.sampler import encode_prompts  # noqa: E402
 from sorl.engines import HFEngine, SamplingParams, VLLMEngine  # noqa: E402
 from sorl.policy import EMBEDDED_POLICY, load_policy, load_tokenizer  # noqa: E402
 from sorl.tasks.arithmetic import ArithmeticTask  # noqa: E402
@@ -60,7 +60,7 @@ def bench(model: str, path: str, dtype: str, repeats: int) -> dict[str, dict]:
     policy = load_policy(path, dtype=dtype).eval()
     questions = ArithmeticTask().eval_questions()[:num_prompts]
     task = ArithmeticTask()
-    prompts = encode_prompts(tokenizer, [task.answer_prompt(q) for q in questions])  # chat template if any
+    prompts = encode_prompts(tokenizer, [task.response_prompt(q) for q in questions])  # chat template if any
     sampling = SamplingParams(temperature=1.0, max_new_tokens=max_tokens)
     engines = {"hf": HFEngine(), "vllm": VLLMEngine()}  # vLLM takes the policy's dtype
     results: dict[str, dict] = {}

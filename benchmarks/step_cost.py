@@ -1,13 +1,13 @@
 """Wall time per round, split by phase, for G-RL vs GC-RL at equal questions; and the training
 throughput of the policy update as achieved FLOP/s against the machine's measured matmul peak.
 
-Part 1 (rounds). ``configs/g_rl.yaml`` and ``configs/gc_rl.yaml`` (32 questions x 8 responses per
+Part 1 (rounds). ``configs/gc_rl.yaml`` in modes ``g_rl`` and ``gc_rl`` (32 questions x 8 responses per
 round; GC-RL adds 16 cached pairs x 4 critiques; one optimizer step per round; bf16-mixed), in one
 process per run, without evaluation or checkpoints, for ``g_rl``, ``gc_rl`` and ``gc_rl_denoised``
 (``configs/gc_rl.yaml`` with ``RewardDenoising(strategy=self_correction)``, the only variant with a
 denoising phase), repeated with the variant order alternating. ``--critique-pairs`` overrides
 ``critique_pairs_per_round`` (the quickstart samples 32). Each round's wall time is split into the phases the
-DataModule and callbacks time themselves: first-order rollout (``time/rollout``: sampling and
+DataModule and callbacks time themselves: first-order rollout (``time/response_rollout``: sampling and
 verifying responses), second-order rollout (``time/critique_rollout``), denoising
 (``time/denoise``), training (the epoch's ``on_train_epoch_start`` to ``on_train_epoch_end``:
 forward, backward, optimizer step) and other (the rest: cache, advantages, collation, logging).
@@ -61,7 +61,7 @@ from common import (
 )
 
 VARIANTS = ("g_rl", "gc_rl", "gc_rl_denoised")
-CONFIGS = {"g_rl": "configs/g_rl.yaml", "gc_rl": "configs/gc_rl.yaml", "gc_rl_denoised": "configs/gc_rl.yaml"}
+MODES = {"g_rl": "g_rl", "gc_rl": "gc_rl", "gc_rl_denoised": "gc_rl"}
 PHASES = ("rollout", "critique_rollout", "denoise", "train", "other")
 
 
@@ -78,10 +78,10 @@ class PhaseTimer(Callback):
         self._train_started = time.perf_counter()
         round_ = trainer.datamodule.last_round  # built just before this hook
         self.rounds.append({
-            "rollout": round_.metrics.get("time/rollout", 0.0),
+            "rollout": round_.metrics.get("time/response_rollout", 0.0),
             "critique_rollout": round_.metrics.get("time/critique_rollout", 0.0),
             "denoise": round_.metrics.get("time/denoise", 0.0),
-            "response_tokens": sum(len(s.completion.token_ids) for s in round_.answers),
+            "response_tokens": sum(len(s.completion.token_ids) for s in round_.responses),
             "critique_tokens": sum(len(s.completion.token_ids) for s in round_.critiques),
             "batches": [],
         })
@@ -119,7 +119,8 @@ def run_rounds(variant: str, rounds: int, workdir: Path, critique_pairs: int | N
         callbacks.append({"class_path": "sorl.RewardDenoising", "init_args": {"strategy": "self_correction"}})
     cli = build_cli(
         [
-            "--config", CONFIGS[variant],
+            "--config", "configs/gc_rl.yaml",
+            f"--data.init_args.mode={MODES[variant]}",
             f"--trainer.max_epochs={rounds}",
             f"--trainer.default_root_dir={workdir / variant}",
             "--trainer.enable_progress_bar=false",
@@ -321,7 +322,7 @@ def main() -> None:
         "repeats": repeats,
     }
     pairs = args.critique_pairs or 16
-    title = f"Step cost, configs/g_rl.yaml vs configs/gc_rl.yaml ({pairs} critique pairs x 4; {rounds - 1} timed rounds x {repeats} runs per variant)"
+    title = f"Step cost, configs/gc_rl.yaml, g_rl vs gc_rl ({pairs} critique pairs x 4; {rounds - 1} timed rounds x {repeats} runs per variant)"
     markdown = "\n\n".join([
         f"# {title}",
         "Seconds per round (mean over timed rounds and runs) split by phase; training in the config's "
@@ -337,7 +338,7 @@ def main() -> None:
     ])
     payload = {
         "benchmark": "step_cost",
-        "configs": CONFIGS,
+        "config": "configs/gc_rl.yaml", "modes": MODES,
         "critique_pairs_per_round": pairs,
         "rounds": rounds,
         "repeats": repeats,

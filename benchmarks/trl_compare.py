@@ -76,7 +76,7 @@ def training_questions(steps: int) -> list[Any]:
 def greedy_accuracy(policy: torch.nn.Module, tokenizer: Any) -> float:
     """Greedy accuracy on the task's held-out questions (the Evaluation callback's gen_acc)."""
     from sorl import ArithmeticTask
-    from sorl.data import encode_prompts
+    from sorl.sampler import encode_prompts
     from sorl.engines.base import SamplingParams
     from sorl.engines.hf import HFEngine
 
@@ -84,7 +84,7 @@ def greedy_accuracy(policy: torch.nn.Module, tokenizer: Any) -> float:
     questions = list(task.eval_questions())
     engine = HFEngine()
     engine.setup(policy, tokenizer)
-    prompts = encode_prompts(tokenizer, [task.answer_prompt(q) for q in questions], chat_template=False)
+    prompts = encode_prompts(tokenizer, [task.response_prompt(q) for q in questions], chat_template=False)
     outputs = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=MAX_NEW_TOKENS), seed=SEED)
     return sum(task.verify(q, out[0].text) for q, out in zip(questions, outputs)) / len(questions)
 
@@ -98,7 +98,7 @@ class StepClock(Callback):
         self.ended: list[float] = []
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.tokens.append(sum(len(s.completion.token_ids) for s in trainer.datamodule.last_round.answers))
+        self.tokens.append(sum(len(s.completion.token_ids) for s in trainer.datamodule.last_round.responses))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.ended.append(time.perf_counter())
@@ -132,7 +132,7 @@ def run_sorl(steps: int, precision: str, workdir: Path) -> dict[str, Any]:
             "--trainer.logger=false",
             "--trainer.check_val_every_n_epoch=100000",
             "--trainer.callbacks=[]",
-            "--model.init_args.mode=g_rl",
+            "--data.init_args.mode=g_rl",
             f"--model.init_args.optimizer.init_args.lr={LEARNING_RATE}",
             f"--model.init_args.loss.init_args.eps_low={EPS_LOW}",
             f"--model.init_args.loss.init_args.eps_high={EPS_HIGH}",
@@ -172,7 +172,7 @@ def run_trl(steps: int, precision: str, workdir: Path) -> dict[str, Any]:
     task = ArithmeticTask()
     questions = training_questions(steps)
     dataset = Dataset.from_dict({
-        "prompt": [task.answer_prompt(q) for q in questions],  # plain text: the policy has no chat template
+        "prompt": [task.response_prompt(q) for q in questions],  # plain text: the policy has no chat template
         "question_index": list(range(len(questions))),
     })
     tokens: list[int] = []  # per generation batch = per optimizer step

@@ -11,7 +11,7 @@
 #SBATCH --requeue
 set -euo pipefail
 RUN_DIR=${RUN_DIR:-$PWD/runs/gc_rl_multinode}   # shared filesystem
-CONFIG=${CONFIG:-configs/qwen2.5_1.5b_gc_rl_gpu.yaml}
+CONFIG=${CONFIG:-configs/qwen2.5_gpu.yaml}
 LAST=$(ls "$RUN_DIR"/lightning_logs/version_*/checkpoints/last.ckpt 2>/dev/null | sort -V | tail -n 1 || true)
 srun sorl fit --config "$CONFIG" \
   --trainer.num_nodes "$SLURM_NNODES" --trainer.devices "$SLURM_NTASKS_PER_NODE" \

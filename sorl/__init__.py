@@ -5,6 +5,8 @@ from sorl.data import RolloutDataModule
 from sorl.engines import HFEngine, RolloutEngine, SamplingParams, VLLMEngine
 from sorl.loss import GRPOLoss, group_advantages
 from sorl.module import GCRLModule
+from sorl.rollout import Round, RolloutContext, Sample
+from sorl.sampler import Sampler
 from sorl.sft import SFTDataModule, SFTModule
 from sorl.tasks import ArithmeticTask, CritiqueExample, MathDataset, MathTask, Question, Task
 from sorl.verify import MathVerifier
@@ -25,10 +27,14 @@ __all__ = [
     "RewardDenoising",
     "RewardNoise",
     "RolloutCallback",
+    "RolloutContext",
+    "Round",
     "RolloutDataModule",
     "RolloutEngine",
     "SFTDataModule",
     "SFTModule",
+    "Sample",
+    "Sampler",
     "SamplingParams",
     "Task",
     "VLLMEngine",

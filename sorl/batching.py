@@ -10,8 +10,8 @@ by 1/accumulation and DDP averages over ranks.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -115,3 +115,35 @@ def schedule(batches: list[dict[str, Any]], accumulation: int, passes: int, rng:
     for batch in order[accumulation:]:  # the same dict objects: a later pass marks its first one too
         batch["off_policy"] = True
     return order
+
+
+Reduce = Callable[[torch.Tensor, Literal["sum", "max"]], torch.Tensor]  # over ranks
+
+
+def round_batches(
+    samples: Sequence[Sample],
+    *,
+    batch_size: int,
+    accumulation: int,
+    world: int,
+    passes: int,
+    pad_id: int,
+    temperature: float,
+    mask_truncated: bool,
+    engine_logprobs: bool,
+    reduce: Reduce,
+    order_rng: random.Random,
+) -> list[dict[str, Any]]:
+    """This rank's micro-batches of ``samples`` (already in training order) for the whole round.
+
+    Every rank gets the same number of whole optimizer steps, padded with empty micro-batches, or
+    DDP waits forever; ``reduce`` combines the ranks' counts (max of steps, sum of tokens).
+    """
+    batches = [
+        collate(samples[i : i + batch_size], pad_id, temperature, mask_truncated, engine_logprobs)
+        for i in range(0, len(samples), batch_size)
+    ]
+    steps = max(1, int(reduce(torch.tensor(float(-(-len(batches) // accumulation))), "max").item()))
+    batches += [empty_batch(pad_id, temperature, engine_logprobs) for _ in range(steps * accumulation - len(batches))]
+    set_step_normalizers(batches, reduce(step_counts(batches, accumulation), "sum"), accumulation, world)
+    return schedule(batches, accumulation, passes, order_rng)

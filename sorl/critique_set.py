@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import torch
-
-from sorl.data import encode_prompts
-from sorl.engines.base import SamplingParams
+from sorl.engines.base import RolloutEngine, SamplingParams
 from sorl.engines.hf import HFEngine
+from sorl.rewards import is_right
+from sorl.sampler import Sampler
 from sorl.policy import DType, load_policy, load_tokenizer
 from sorl.tasks.base import CritiqueExample, Task
 from sorl.tasks.math import write_critique_set
@@ -29,6 +28,7 @@ def build_critique_set(
     task: Task,
     model: str,
     output: str,
+    engine: RolloutEngine | None = None,
     samples_per_question: int = 8,
     max_new_tokens: int = 512,
     temperature: float = 1.0,
@@ -47,19 +47,21 @@ def build_critique_set(
         task: gives the evaluation questions, the answer prompt and the verifier.
         model: a local transformers causal-LM folder (or ``.gguf`` file) to sample from.
         output: the JSONL file to write.
+        engine: samples the responses; defaults to :class:`~sorl.engines.HFEngine`.
         samples_per_question: responses sampled per question (the paper's k).
         max_new_tokens, temperature, top_p: sampling settings.
         dtype, trust_remote_code: how the model is loaded.
         chat_template, system_prompt: as in :class:`~sorl.data.RolloutDataModule`.
         questions_per_call: prompts per ``generate`` call.
-        seed: sampling seed.
+        seed: sampling seed (each call's seed is derived from it, see :func:`~sorl.sampler.derive_seed`).
     """
     if samples_per_question < 2:
         raise ValueError(f"samples_per_question must be >= 2 to find both labels, got {samples_per_question}")
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     policy = load_policy(model, dtype=dtype, trust_remote_code=trust_remote_code).eval()
-    engine = HFEngine()
+    engine = engine if engine is not None else HFEngine()
     engine.setup(policy, tokenizer)
+    sampler = Sampler(engine, tokenizer, chat_template, system_prompt, seed)
     sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     questions = task.eval_questions()
     examples: list[CritiqueExample] = []
@@ -67,12 +69,10 @@ def build_critique_set(
     right_responses: Counter[str] = Counter()
     for start in range(0, len(questions), questions_per_call):
         chunk = questions[start : start + questions_per_call]
-        prompt_ids = encode_prompts(tokenizer, [task.answer_prompt(q) for q in chunk], chat_template, system_prompt)
-        with torch.no_grad():
-            completions = engine.generate(prompt_ids, samples_per_question, sampling, seed=seed + start)
+        completions = sampler.generate([task.response_prompt(q) for q in chunk], samples_per_question, sampling, "critique_set", start)
         for question, group in zip(chunk, completions):
             asked[question.dataset] += 1
-            labelled = [(c.text, task.verify(question, c.text) >= 1.0) for c in group]
+            labelled = [(c.text, is_right(task.verify(question, c.text))) for c in group]
             right_responses[question.dataset] += sum(is_right for _, is_right in labelled)
             right = next((text for text, is_right in labelled if is_right), None)
             wrong = next((text for text, is_right in labelled if not is_right), None)

@@ -1,8 +1,9 @@
-"""RolloutDataModule: builds each round's training data from the current policy.
+"""RolloutDataModule: each epoch, a round of rollouts from the current policy, as training batches.
 
-One round is one Lightning epoch. ``train_dataloader()`` (reloaded every epoch) runs:
-first-order rollout -> verification -> question-response cache -> second-order rollout ->
-critique rewards -> rollout callbacks -> group advantages -> micro-batches of token ids.
+The DataModule takes only the policy and the tokenizer from the LightningModule. The round's
+phases are plain functions (:mod:`sorl.rollout`), batching is :mod:`sorl.batching`, sampling goes
+through one :class:`~sorl.sampler.Sampler`, and evaluation items are scored here too
+(:mod:`sorl.evaluation`): this file holds the Lightning hooks and the checkpoint state.
 """
 
 from __future__ import annotations
@@ -11,28 +12,29 @@ import random
 import time
 import warnings
 from collections import deque
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
-from sorl.callbacks.base import rollout_callbacks
-from sorl.engines.base import Completion, RolloutEngine, SamplingParams
-from sorl.batching import collate, empty_batch, schedule, set_step_normalizers, step_counts
+from sorl.batching import round_batches
+from sorl.callbacks.base import RolloutCallback
+from sorl.distributed import full_parameters, reduce, reduce_sums, rng_states, set_rng_states
+from sorl.engines.base import RolloutEngine, SamplingParams
 from sorl.engines.hf import HFEngine
-from sorl.loss import group_advantages
-from sorl.rewards import critique_reward
-from sorl.rollout import Round, Sample
+from sorl.evaluation import score_critiques, score_generation
+from sorl.rollout import Round, RolloutContext, Sample, assign_advantages, critique_candidates, right_share, round_sums
+from sorl.rollout import sample_critiques, sample_responses
+from sorl.sampler import Sampler, derive_seed
 from sorl.tasks.base import CritiqueExample, Question, Task
+
+Mode = Literal["g_rl", "c_rl", "gc_rl"]
 
 # RoundBatches has an exact length (one process builds it); Lightning warns for any such dataset.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
@@ -58,22 +60,23 @@ class RoundBatches(IterableDataset):
 
 
 class RolloutDataModule(LightningDataModule):
-    """Generates first- and second-order rollouts each epoch with the policy of the LightningModule.
+    """Generates first- and second-order rollouts each epoch with the LightningModule's policy.
 
-    The LightningModule must expose ``policy`` (a transformers causal LM), ``tokenizer``, ``mode``
-    (``g_rl``, ``c_rl`` or ``gc_rl``) and ``loss`` (a :class:`~sorl.loss.GRPOLoss`), as
+    The LightningModule must expose ``policy`` (a transformers causal LM) and ``tokenizer``, as
     :class:`~sorl.module.GCRLModule` does. Needs ``Trainer(reload_dataloaders_every_n_epochs=1)``.
 
     Args:
         task: questions, prompts and verifier.
         engine: samples completions; defaults to :class:`~sorl.engines.HFEngine`.
+        mode: what is trained: ``g_rl`` responses only (GRPO; no critique is sampled), ``c_rl``
+            critiques only, ``gc_rl`` both.
         questions_per_round: questions each rank answers per round.
-        responses_per_question: k, first-order samples per question.
+        responses_per_question: k, first-order samples per question (>= 2: advantages are relative).
         critique_pairs_per_round: P, (question, response) pairs drawn from the cache per rank and round.
-        critiques_per_response: m, second-order samples per pair.
+        critiques_per_response: m, second-order samples per pair (>= 2 when critiques are trained).
         cache_size: bound of the question-response cache (oldest pairs leave first).
         critique_data: ``dynamic`` refreshes the cache from each round's responses; ``static``
-            fills it from the first round's (initial policy's) responses and keeps it.
+            fills it from the first round that has pairs (the initial policy's responses) and keeps it.
         temperature, top_p: sampling parameters of both rollouts (logprobs use the same temperature).
         max_response_tokens, max_critique_tokens: generation bounds.
         batch_size: samples per micro-batch (``Trainer(accumulate_grad_batches)`` groups them).
@@ -81,8 +84,10 @@ class RolloutDataModule(LightningDataModule):
             one optimizer step, the micro-batches trained after the first are marked ``off_policy``
             and the module scores them with the round's sampling policy first (``old_logprobs``).
         scale_rewards_by_std: divide advantages by the group's std (GRPO) or not (Dr. GRPO).
-        drop_zero_std_groups: drop groups whose rewards are all equal (DAPO's dynamic sampling).
+        drop_zero_std_groups: leave out groups whose rewards are all equal (DAPO's dynamic sampling).
         mask_truncated: leave responses that hit the token bound out of the loss.
+        engine_logprobs: ask the engine for the sampled tokens' logprobs, which the loss's
+            truncated importance sampling needs (``GRPOLoss(importance_sampling_cap=...)``).
         eval_samples: samples per evaluation question for mean accuracy (0: greedy only).
         eval_max_questions: cap on evaluation questions and critique examples (None: all); the
             critique examples kept are the first ``cap // 2`` right and ``cap // 2`` wrong ones, so
@@ -90,13 +95,14 @@ class RolloutDataModule(LightningDataModule):
         chat_template: wrap each prompt as a user message in the tokenizer's chat template;
             ``None`` does so when the tokenizer has one (the embedded policy has none).
         system_prompt: a system message put before each prompt when the chat template is used.
-        seed: seeds question order and sampling; rounds and ranks derive their own seeds.
+        seed: seeds question order and sampling; every use derives its own seed from it.
     """
 
     def __init__(
         self,
         task: Task,
         engine: RolloutEngine | None = None,
+        mode: Mode = "gc_rl",
         questions_per_round: int = 32,
         responses_per_question: int = 8,
         critique_pairs_per_round: int = 16,
@@ -112,6 +118,7 @@ class RolloutDataModule(LightningDataModule):
         scale_rewards_by_std: bool = True,
         drop_zero_std_groups: bool = False,
         mask_truncated: bool = False,
+        engine_logprobs: bool = False,
         eval_samples: int = 4,
         eval_max_questions: int | None = None,
         chat_template: bool | None = None,
@@ -119,42 +126,43 @@ class RolloutDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("questions_per_round", questions_per_round),
-            ("responses_per_question", responses_per_question),
-            ("critiques_per_response", critiques_per_response),
-            ("batch_size", batch_size),
-            ("passes_per_round", passes_per_round),
-        ]:
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        if mode not in ("g_rl", "c_rl", "gc_rl"):
+            raise ValueError(f"mode must be g_rl, c_rl or gc_rl, got {mode!r}")
+        minimums = [("questions_per_round", questions_per_round, 1), ("batch_size", batch_size, 1), ("passes_per_round", passes_per_round, 1)]
+        # a group of one sample has no spread: every advantage would be 0 and nothing would train
+        minimums.append(("responses_per_question", responses_per_question, 2))
+        if mode != "g_rl":
+            minimums.append(("critiques_per_response", critiques_per_response, 2))
+        for name, value, minimum in minimums:
+            if value < minimum:
+                reason = " (advantages are relative within a group)" if minimum == 2 else ""
+                raise ValueError(f"{name} must be >= {minimum}{reason}, got {value}")
         self.task = task
         self.engine = engine if engine is not None else HFEngine()
+        self.mode = mode
         self.questions_per_round = questions_per_round
         self.responses_per_question = responses_per_question
         self.critique_pairs_per_round = critique_pairs_per_round
         self.critiques_per_response = critiques_per_response
         self.critique_data = critique_data
-        self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_response_tokens)
-        self.critique_sampling = SamplingParams(
-            temperature=temperature, top_p=top_p, max_new_tokens=max_critique_tokens
-        )
+        self.response_sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_response_tokens)
+        self.critique_sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_critique_tokens)
         self.batch_size = batch_size
         self.passes_per_round = passes_per_round
         self.scale_rewards_by_std = scale_rewards_by_std
         self.drop_zero_std_groups = drop_zero_std_groups
         self.mask_truncated = mask_truncated
+        self.engine_logprobs = engine_logprobs
         self.eval_samples = eval_samples
         self.eval_max_questions = eval_max_questions
         self.chat_template = chat_template
         self.system_prompt = system_prompt
         self.seed = seed
+        self.sampler: Sampler | None = None  # built on first use, with the module's tokenizer
         # State that a checkpoint carries (see state_dict).
         self.round_index = 0
         self.cache: deque[CritiqueExample] = deque(maxlen=cache_size)
         self.cache_frozen = False
-        self._engine_ready = False
-        self.engine_logprobs = False  # set each round from module.loss.importance_sampling_cap
         self._question_order: list[int] | None = None  # a seeded permutation of the training pool
         self.last_round: Round | None = None
         # The current round's batch schedule; trained entries become None once a resume skips them.
@@ -163,23 +171,17 @@ class RolloutDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        if trainer.reload_dataloaders_every_n_epochs != 1:
+        if self.trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError(
-                "RolloutDataModule generates new data every epoch: "
-                "set Trainer(reload_dataloaders_every_n_epochs=1)"
+                "RolloutDataModule generates new data every epoch: set Trainer(reload_dataloaders_every_n_epochs=1)"
             )
         if self._resumed_round is not None:  # a checkpoint from inside a round: train the rest of it
             batches, skipped = self._resumed_round
             self._resumed_round = None
             self._schedule = [None] * skipped + batches
             return DataLoader(RoundBatches(batches, skipped), batch_size=None)
-        module = trainer.lightning_module
-        self.prepare_engine(module)
-        # Truncated importance sampling needs the engine's logprobs of the sampled tokens.
-        self.engine_logprobs = module.loss.importance_sampling_cap is not None
-        round_ = self.build_round(module.mode)
-        batches = self.make_batches(round_, module.mode, module.tokenizer.pad_token_id)
+        round_ = self.build_round(self.rollout_context())
+        batches = self.make_batches(round_, self.trainer.lightning_module.tokenizer.pad_token_id)
         self.log_round(round_)
         self.last_round = round_
         self.round_index += 1
@@ -187,28 +189,29 @@ class RolloutDataModule(LightningDataModule):
         return DataLoader(RoundBatches(batches), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        """Evaluation items for this rank: batches of held-out questions and of critique examples."""
-        rank, world = self._rank_world()
+        """This rank's evaluation, sampled now with the current policy: one scored item of held-out
+        questions and one of critique examples, on every rank (even with an empty shard)."""
+        context = self.rollout_context()
+        rank, world = context.rank, self.trainer.world_size
         questions = list(self.task.eval_questions())[: self.eval_max_questions][rank::world]
         examples = balanced_head(self.task.critique_eval_set(), self.eval_max_questions)[rank::world]
-        size = max(1, self.batch_size)
-        items = [{"kind": "generation", "questions": questions[i : i + size]} for i in range(0, len(questions), size)]
-        items += [{"kind": "critique", "examples": examples[i : i + size]} for i in range(0, len(examples), size)]
+        items = [
+            score_generation(context.sampler, self.task, questions, self.response_sampling, self.eval_samples, rank),
+            score_critiques(context.sampler, self.task, examples, self.critique_sampling.max_new_tokens, rank),
+        ]
         return DataLoader(RoundBatches(items), batch_size=None, collate_fn=lambda item: item)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if "kind" in batch:  # evaluation items hold questions, not tensors
+        if "kind" in batch:  # scored evaluation items: the metrics move them
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resume needs: the round counter and, per rank, the cache, the untrained rest of
-        an interrupted round and the RNG states. Called on every rank when a checkpoint is saved."""
+        """What a resume needs: the round counter and, per rank, the cache and whether it is
+        frozen, the untrained rest of an interrupted round and the RNG states. Called on every
+        rank when a checkpoint is saved."""
         rank_state = {
-            "cache": [
-                {"question": asdict(pair.question), "response": pair.response, "is_right": pair.is_right}
-                for pair in self.cache
-            ],
+            "cache": [{"question": asdict(p.question), "response": p.response, "is_right": p.is_right} for p in self.cache],
             "cache_frozen": self.cache_frozen,  # each rank freezes its own cache
             "pending_batches": [],
             "pending_skipped": 0,
@@ -225,7 +228,7 @@ class RolloutDataModule(LightningDataModule):
         return {"round_index": self.round_index, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        rank, world = self._rank_world()
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         if len(state["ranks"]) != world:
             raise ValueError(
                 f"the checkpoint was saved by {len(state['ranks'])} processes and is resumed by {world}: "
@@ -242,246 +245,126 @@ class RolloutDataModule(LightningDataModule):
         set_rng_states(rank_state["rng"])
 
     # ------------------------------------------------------------------ the round
-    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Token ids of prompt texts, through the chat template when it is used."""
-        return encode_prompts(self.trainer.lightning_module.tokenizer, prompts, self.chat_template, self.system_prompt)
-
-    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, phase: int) -> list[list[Completion]]:
-        """``n`` completions for each prompt text, seeded by (seed, round, rank, phase)."""
-        return self.generate_ids(self.encode(prompts), n, sampling, phase)
-
-    def generate_ids(
-        self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, phase: int
-    ) -> list[list[Completion]]:
-        rank, _ = self._rank_world()
-        seed = (self.seed * 1_000_003 + self.round_index * 10_007 + rank * 101 + phase) % 2**31
+    def rollout_context(self) -> RolloutContext:
+        """The sampler with the policy's current weights, and what the round samples with."""
+        module = self.trainer.lightning_module
+        if self.sampler is None:
+            self.engine.setup(module.policy, module.tokenizer)
+            self.sampler = Sampler(
+                self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed, lambda: full_parameters(self.trainer)
+            )
         with full_parameters(self.trainer):
-            return self.engine.generate(prompt_ids, n, sampling, seed=seed)
+            self.engine.sync_weights(module.policy)
+        return RolloutContext(
+            self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank, self.engine_logprobs
+        )
 
-    def build_round(self, mode: str) -> Round:
-        """Runs both rollouts and the callbacks' hooks; returns the scored round."""
+    def build_round(self, context: RolloutContext) -> Round:
+        """Runs both rollouts and the rollout callbacks' hooks; returns the scored round."""
         trainer = self.trainer
-        callbacks = rollout_callbacks(trainer)
-        round_ = Round(self.round_index, self._round_questions())
-        phases = ["answers", "critiques"] if mode != "g_rl" else ["answers"]
+        callbacks = [c for c in trainer.callbacks if isinstance(c, RolloutCallback)]
+        round_ = Round(self.round_index, self.round_questions())
         progress = tqdm(
-            total=len(phases),
+            total=1 if self.mode == "g_rl" else 2,
             desc=f"Round {self.round_index}",
             leave=False,
             disable=not trainer.is_global_zero or trainer.progress_bar_callback is None,
         )
-
-        # 1. First-order rollout and verification.
         progress.set_postfix_str(f"{len(round_.questions)}x{self.responses_per_question} responses")
         started = time.perf_counter()
-        prompt_ids = self.encode([self.task.answer_prompt(q) for q in round_.questions])
-        sampling = replace(self.sampling, logprobs=self.engine_logprobs)
-        completions = self.generate_ids(prompt_ids, self.responses_per_question, sampling, phase=0)
-        for group, (question, group_completions) in enumerate(zip(round_.questions, completions)):
-            for completion in group_completions:
-                reward = self.task.verify(question, completion.text)
-                round_.answers.append(Sample("answer", group, question, prompt_ids[group], completion, reward))
-        round_.metrics["time/rollout"] = time.perf_counter() - started
+        sample_responses(context, round_, self.responses_per_question)
+        round_.metrics["time/response_rollout"] = time.perf_counter() - started
         for callback in callbacks:
-            callback.on_answers_scored(trainer, self, round_)
+            callback.on_responses_scored(trainer, context, round_)
         progress.update()
-
-        if mode != "g_rl":
-            # 2. Cache update (LabelBalancing filters here), 3. second-order rollout, 4. critique reward.
-            round_.candidates = [CritiqueExample(s.question, s.completion.text, s.reward >= 1.0) for s in round_.answers]
-            if round_.candidates:
-                round_.metrics["rollout/label_ratio_before"] = _right_share(round_.candidates)
-            for callback in callbacks:
-                callback.on_cache_update(trainer, self, round_)
-            if round_.candidates:  # none left: nothing entered the cache, no ratio to log
-                round_.metrics["rollout/label_ratio_after"] = _right_share(round_.candidates)
-            if not self.cache_frozen:
-                self.cache.extend(round_.candidates)
-                self.cache_frozen = self.critique_data == "static" and len(self.cache) > 0
+        if self.mode != "g_rl":
             progress.set_postfix_str(f"{self.critique_pairs_per_round}x{self.critiques_per_response} critiques")
+            self.update_cache(round_, context, callbacks)
             started = time.perf_counter()
-            rng = random.Random(self.seed * 7_919 + self.round_index * 31 + self._rank_world()[0])
-            round_.critique_pairs = rng.sample(list(self.cache), min(self.critique_pairs_per_round, len(self.cache)))
-            if not round_.critique_pairs:
-                rank_zero_info(
-                    f"Round {self.round_index}: no critiques this round: the critique cache is empty because no "
-                    "question so far had both a right and a wrong response"
-                    + (" (responses are still trained on)" if mode == "gc_rl" else "")
-                )
-            round_.metrics["rollout/critique_pairs"] = float(len(round_.critique_pairs))
-            prompt_ids = self.encode([self.task.critique_prompt(p.question, p.response) for p in round_.critique_pairs])
-            sampling = replace(self.critique_sampling, logprobs=self.engine_logprobs)
-            completions = self.generate_ids(prompt_ids, self.critiques_per_response, sampling, phase=1)
-            offset = len(round_.questions)  # critique groups come after answer groups
-            for index, (pair, group_completions) in enumerate(zip(round_.critique_pairs, completions)):
-                for completion in group_completions:
-                    verdict = self.task.parse_verdict(completion.text)
-                    reward = critique_reward(verdict, pair.is_right)
-                    round_.critiques.append(
-                        Sample("critique", offset + index, pair.question, prompt_ids[index], completion, reward, pair=pair, verdict=verdict)
-                    )
+            sample_critiques(context, round_, self.critiques_per_response)
             round_.metrics["time/critique_rollout"] = time.perf_counter() - started
             for callback in callbacks:
-                callback.on_critiques_scored(trainer, self, round_)
+                callback.on_critiques_scored(trainer, context, round_)
             progress.update()
         progress.close()
-
-        # 5. Group-relative advantages, per kind.
-        self.assign_advantages(round_)
+        assign_advantages(round_, self.scale_rewards_by_std)
         return round_
 
-    def assign_advantages(self, round_: Round) -> None:
-        """Group-relative advantages per kind; records the groups whose rewards are all equal."""
-        for kind, samples in (("answer", round_.answers), ("critique", round_.critiques)):
-            if not samples:
-                continue
-            rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-            groups = torch.tensor([s.group for s in samples])
-            advantages, zero_std = group_advantages(rewards, groups, scale_by_std=self.scale_rewards_by_std)
-            for sample, advantage in zip(samples, advantages.tolist()):
-                sample.advantage = advantage
-            zero_std_groups = {g for g, z in zip(groups.tolist(), zero_std.tolist()) if z}
-            round_.zero_std_groups |= zero_std_groups
-            round_.metrics[f"rollout/frac_zero_std_{kind}"] = len(zero_std_groups) / len(set(groups.tolist()))
+    def update_cache(self, round_: Round, context: RolloutContext, callbacks: Sequence[RolloutCallback]) -> None:
+        """This round's scored responses enter the cache (label balancing filters them first),
+        and the pairs to critique are drawn from it."""
+        round_.candidates = critique_candidates(round_.responses)
+        if round_.candidates:
+            round_.metrics["rollout/right_share_before"] = right_share(round_.candidates)
+        for callback in callbacks:
+            callback.on_cache_update(self.trainer, context, round_)
+        if round_.candidates:  # none left: nothing entered the cache, no share to log
+            round_.metrics["rollout/right_share_after"] = right_share(round_.candidates)
+        if not self.cache_frozen:
+            self.cache.extend(round_.candidates)
+            self.cache_frozen = self.critique_data == "static" and len(self.cache) > 0
+        rng = random.Random(derive_seed(self.seed, "critique_pairs", self.round_index, context.rank))
+        round_.critique_pairs = rng.sample(list(self.cache), min(self.critique_pairs_per_round, len(self.cache)))
+        round_.metrics["rollout/critique_pairs"] = float(len(round_.critique_pairs))
+        if not round_.critique_pairs:
+            rank_zero_info(
+                f"Round {self.round_index}: no critiques this round: the critique cache is empty because no "
+                "question so far had both a right and a wrong response"
+                + (" (responses are still trained on)" if self.mode == "gc_rl" else "")
+            )
 
-    def training_samples(self, round_: Round, mode: str) -> list[Sample]:
-        samples = (round_.answers if mode in ("g_rl", "gc_rl") else []) + (
-            round_.critiques if mode in ("c_rl", "gc_rl") else []
-        )
+    def training_samples(self, round_: Round) -> list[Sample]:
+        """The round's samples that this mode trains on, in this rank's seeded order."""
+        samples = (round_.responses if self.mode != "c_rl" else []) + (round_.critiques if self.mode != "g_rl" else [])
         if self.drop_zero_std_groups:
             samples = [s for s in samples if s.group not in round_.zero_std_groups]
+        random.Random(derive_seed(self.seed, "sample_order", self.round_index, self.trainer.global_rank)).shuffle(samples)
         return samples
 
-    def make_batches(self, round_: Round, mode: str, pad_id: int) -> list[dict[str, Any]]:
-        """Micro-batches for this round in training order, the same count on every rank, with step
-        normalizers (see :mod:`sorl.batching`)."""
-        accumulation = self.trainer.accumulate_grad_batches
-        rank, world = self._rank_world()
-        samples = self.training_samples(round_, mode)
-        random.Random(self.seed * 104_729 + self.round_index * 131 + rank).shuffle(samples)
-        batches = [
-            collate(samples[i : i + self.batch_size], pad_id, self.sampling.temperature, self.mask_truncated, self.engine_logprobs)
-            for i in range(0, len(samples), self.batch_size)
-        ]
-        # Every rank runs the same number of whole optimizer steps, or DDP waits forever.
-        steps = -(-len(batches) // accumulation)
-        steps = max(1, int(self._reduce(torch.tensor(float(steps)), "max").item()))
-        while len(batches) < steps * accumulation:
-            batches.append(empty_batch(pad_id, self.sampling.temperature, self.engine_logprobs))
-        counts = self._reduce(step_counts(batches, accumulation), "sum")
-        set_step_normalizers(batches, counts, accumulation, world)
-        # no rank in this seed: every rank must shuffle the steps of later passes alike
-        return schedule(batches, accumulation, self.passes_per_round, random.Random(self.seed * 104_729 + self.round_index * 131))
+    def make_batches(self, round_: Round, pad_id: int) -> list[dict[str, Any]]:
+        """Micro-batches for this round in training order (see :func:`~sorl.batching.round_batches`)."""
+        return round_batches(
+            self.training_samples(round_),
+            batch_size=self.batch_size,
+            accumulation=self.trainer.accumulate_grad_batches,
+            world=self.trainer.world_size,
+            passes=self.passes_per_round,
+            pad_id=pad_id,
+            temperature=self.response_sampling.temperature,
+            mask_truncated=self.mask_truncated,
+            engine_logprobs=self.engine_logprobs,
+            reduce=self._reduce,
+            # no rank here: every rank must shuffle the steps of later passes alike
+            order_rng=random.Random(derive_seed(self.seed, "step_order", self.round_index)),
+        )
+
+    def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:
+        return reduce(self.trainer, tensor, op)
 
     def log_round(self, round_: Round) -> None:
         """Round statistics (reduced over ranks) and text samples to the Trainer's loggers."""
         trainer = self.trainer
-        answers, critiques = round_.answers, round_.critiques
-        completions = [s.completion for s in answers + critiques]
-        # (sum, count) pairs, so that ranks with different amounts of data reduce exactly
-        sums = {
-            "rollout/answer_reward": (sum(s.reward for s in answers), len(answers)),
-            "rollout/response_len": (sum(len(s.completion.token_ids) for s in answers), len(answers)),
-            "rollout/truncated": (sum(c.finish_reason == "length" for c in completions), len(completions)),
-        }
-        if critiques:
-            sums["rollout/critique_reward"] = (sum(s.reward for s in critiques), len(critiques))
-            sums["rollout/critique_len"] = (sum(len(s.completion.token_ids) for s in critiques), len(critiques))
-            sums["rollout/verdict_parse_failures"] = (sum(s.verdict is None for s in critiques), len(critiques))
-        sums.update({name: (value, 1) for name, value in round_.metrics.items()})  # mean over ranks
-        metrics = reduce_sums(trainer, sums)
+        metrics = reduce_sums(trainer, round_sums(round_))
         metrics["rollout/cache_size"] = float(len(self.cache))
         metrics["rollout/round"] = float(round_.index)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                for kind, samples in (("response", answers), ("critique", critiques)):
+                for kind, samples in (("response", round_.responses), ("critique", round_.critiques)):
                     if samples:
                         s = samples[0]
                         text = f"**reward {s.reward:.2f}**\n\n    {s.question.text}\n    {s.completion.text}"
                         logger.experiment.add_text(f"samples/{kind}", text, global_step=trainer.global_step)
 
-    # ------------------------------------------------------------------ helpers
-    def prepare_engine(self, module: Any) -> None:
-        """Hands the policy to the engine once, and its current weights every call."""
-        if not self._engine_ready:
-            self.engine.setup(module.policy, module.tokenizer)
-            self._engine_ready = True
-        with full_parameters(self.trainer):
-            self.engine.sync_weights(module.policy)
-
-    def _round_questions(self) -> list[Question]:
+    def round_questions(self) -> list[Question]:
         """This rank's shard of the round's questions: no question twice in a round across ranks."""
         pool = self.task.train_questions()
         if self._question_order is None or len(self._question_order) != len(pool):
             self._question_order = list(range(len(pool)))
-            random.Random(self.seed).shuffle(self._question_order)
-        order = self._question_order
-        rank, world = self._rank_world()
+            random.Random(derive_seed(self.seed, "question_order")).shuffle(self._question_order)
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         start = (self.round_index * world + rank) * self.questions_per_round
-        return [pool[order[(start + i) % len(pool)]] for i in range(self.questions_per_round)]
-
-    def _rank_world(self) -> tuple[int, int]:
-        return self.trainer.global_rank, self.trainer.world_size
-
-    def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:
-        trainer = self.trainer
-        if trainer.world_size == 1:
-            return tensor
-        strategy = trainer.strategy
-        device_tensor = tensor.to(strategy.root_device)
-        if op == "max":
-            gathered = strategy.all_gather(device_tensor)
-            return gathered.max(dim=0).values.cpu()
-        return strategy.reduce(device_tensor, reduce_op=op).cpu()
-
-
-def reduce_sums(trainer: Any, sums: dict[str, Sequence[float]]) -> dict[str, float]:
-    """Global ``sum / count`` per name over all ranks, from each rank's ``name -> (sum, count)``;
-    a name some ranks lack (no critiques there, no question of some set) still lines up."""
-    names = sorted(sums)
-    if trainer.world_size > 1:
-        gathered: list[list[str]] = [[] for _ in range(trainer.world_size)]
-        torch.distributed.all_gather_object(gathered, names)
-        names = sorted(set().union(*gathered))
-    totals = torch.tensor([[float(v) for v in sums.get(n, (0.0, 0.0))] for n in names], dtype=torch.float64)
-    if trainer.world_size > 1:
-        strategy = trainer.strategy
-        totals = strategy.reduce(totals.to(strategy.root_device), reduce_op="sum").cpu()
-    return {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
-
-
-@contextmanager
-def full_parameters(trainer: Any) -> Iterator[None]:
-    """Whole parameters on every rank while sampling or syncing an engine, when the strategy
-    shards them (Lightning's ``FSDPStrategy``); nothing to do for other strategies. Like TRL's
-    ``unwrap_model_for_generation``: each rank then needs memory for the full policy."""
-    if not isinstance(trainer.strategy, FSDPStrategy):
-        yield
-        return
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False, recurse=True):
-        yield
-
-
-def encode_prompts(
-    tokenizer: Any, prompts: Sequence[str], chat_template: bool | None = None, system_prompt: str | None = None
-) -> list[list[int]]:
-    """Token ids of each prompt; as a user turn of the chat template when ``chat_template`` is
-    true, or ``None`` and the tokenizer has a template. The template adds its own special tokens."""
-    if chat_template is None:
-        chat_template = tokenizer.chat_template is not None
-    if not chat_template:
-        return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if tokenizer.chat_template is None:
-        raise ValueError("chat_template=True but the tokenizer has no chat template")
-    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-    texts = [
-        tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return [pool[self._question_order[(start + i) % len(pool)]] for i in range(self.questions_per_round)]
 
 
 def balanced_head(examples: Sequence[CritiqueExample], cap: int | None) -> list[CritiqueExample]:
@@ -492,29 +375,3 @@ def balanced_head(examples: Sequence[CritiqueExample], cap: int | None) -> list[
     wrong = [e for e in examples if not e.is_right][: cap // 2]
     kept = set(map(id, right + wrong))
     return [e for e in examples if id(e) in kept]
-
-
-def _right_share(pairs: Sequence[CritiqueExample]) -> float:
-    return sum(p.is_right for p in pairs) / len(pairs)
-
-
-def rng_states() -> dict[str, Any]:
-    """This process's Python, NumPy and torch RNG states, as plain data (loadable with weights_only)."""
-    version, state, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    return {
-        "python": [version, list(state), gauss],
-        "numpy": [kind, keys.tolist(), position, has_gauss, cached_gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    version, state, gauss = states["python"]
-    random.setstate((version, tuple(state), gauss))
-    kind, keys, position, has_gauss, cached_gauss = states["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gauss))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])

@@ -77,8 +77,8 @@ class GRPOLoss(nn.Module):
         max_completion_length (int | None): constant divisor for ``seq_mean_token_sum_norm``.
         importance_sampling_cap (float | None): truncated importance sampling (TIS) for an engine
             whose logprobs differ from the trainer's (vLLM kernels, bf16): each token's loss is
-            weighted by ``min(exp(old_logprobs - behaviour_logprobs), cap)``, detached. ``None``
-            (default) turns it off; the DataModule then does not ask the engine for logprobs.
+            weighted by ``min(exp(old_logprobs - engine_logprobs), cap)``, detached. ``None``
+            (default) turns it off; the DataModule needs engine_logprobs: true.
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class GRPOLoss(nn.Module):
         ref_logprobs: Tensor | None = None,
         entropy: Tensor | None = None,
         normalizer: float | Tensor | None = None,
-        behaviour_logprobs: Tensor | None = None,
+        engine_logprobs: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """
         Args:
@@ -130,7 +130,7 @@ class GRPOLoss(nn.Module):
             ref_logprobs (Tensor | None): [B, T] reference log-probs, required when beta > 0.
             entropy (Tensor | None): [B, T] per-token entropy, only reported.
             normalizer (float | Tensor | None): see the class docstring.
-            behaviour_logprobs (Tensor | None): [B, T] log-probs the rollout engine gave the taken
+            engine_logprobs (Tensor | None): [B, T] log-probs the rollout engine gave the taken
                 tokens; required when ``importance_sampling_cap`` is set.
 
         Returns:
@@ -142,8 +142,8 @@ class GRPOLoss(nn.Module):
             raise ValueError(f"advantages must be [B]={tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
         if self.beta > 0 and ref_logprobs is None:
             raise ValueError("ref_logprobs is required when beta > 0")
-        if self.importance_sampling_cap is not None and behaviour_logprobs is None:
-            raise ValueError("behaviour_logprobs is required when importance_sampling_cap is set")
+        if self.importance_sampling_cap is not None and engine_logprobs is None:
+            raise ValueError("engine_logprobs is required when importance_sampling_cap is set")
         mask = mask.bool()
         zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
         # where() before exp: masked positions may hold inf/nan, and where's backward sends them
@@ -156,7 +156,7 @@ class GRPOLoss(nn.Module):
         is_ratio = None
         if self.importance_sampling_cap is not None:
             # Tokens were sampled by the engine, not by old_logprobs' model: reweight, truncated.
-            engine_gap = torch.where(mask, old_logprobs.detach() - behaviour_logprobs, zero)  # [B, T]
+            engine_gap = torch.where(mask, old_logprobs.detach() - engine_logprobs, zero)  # [B, T]
             is_ratio = torch.exp(engine_gap)
             pg = pg * is_ratio.clamp(max=self.importance_sampling_cap)
         per_token = pg

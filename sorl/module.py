@@ -5,21 +5,16 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
 
-from sorl.data import full_parameters, reduce_sums
-from sorl.engines.base import SamplingParams
+from sorl.evaluation import EvalMetrics
 from sorl.loss import GRPOLoss
 from sorl.policy import DType, completion_logprobs, load_policy, load_tokenizer
-
-Mode = Literal["g_rl", "c_rl", "gc_rl"]
 
 
 def export_policy(trainer: Any, policy: Any, tokenizer: Any, export_dir: str | None) -> Path:
@@ -37,13 +32,13 @@ def export_policy(trainer: Any, policy: Any, tokenizer: Any, export_dir: str | N
 class GCRLModule(LightningModule):
     """Holds the policy (and a frozen reference when ``loss.beta > 0``) and the joint loss.
 
-    Pair it with :class:`~sorl.data.RolloutDataModule`, which builds each round's batches.
+    Pair it with :class:`~sorl.data.RolloutDataModule`, which builds each round's batches (and
+    decides what is trained: responses, critiques or both) and scores the evaluation items.
 
     Args:
         model: a local transformers causal-LM folder; ``None`` uses the embedded arithmetic policy.
         model_config: build a fresh model from this config dict (``model_type`` required) instead.
         tokenizer: tokenizer folder; defaults to ``model`` (or the embedded policy's).
-        mode: ``g_rl`` trains on responses only (GRPO), ``c_rl`` on critiques only, ``gc_rl`` on both.
         loss: the policy-gradient loss; defaults to ``GRPOLoss()``.
         optimizer, scheduler: callables taking parameters (and the optimizer), set from YAML.
         dtype: parameter dtype of the policy.
@@ -58,7 +53,6 @@ class GCRLModule(LightningModule):
         model: str | None = None,
         model_config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
-        mode: Mode = "gc_rl",
         loss: GRPOLoss | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -68,11 +62,8 @@ class GCRLModule(LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ("g_rl", "c_rl", "gc_rl"):
-            raise ValueError(f"mode must be g_rl, c_rl or gc_rl, got {mode!r}")
         self.model_path = model
         self.model_config = model_config
-        self.mode = mode
         self.loss = loss if loss is not None else GRPOLoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -83,18 +74,7 @@ class GCRLModule(LightningModule):
         self.tokenizer = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
-        # Evaluation metrics; "positive" = the critique says the response is wrong (error found).
-        self.eval_gen_acc = MeanMetric()
-        self.eval_gen_mean_acc = MeanMetric()
-        self.eval_crit_acc = BinaryAccuracy()
-        self.eval_crit_precision = BinaryPrecision()
-        self.eval_crit_recall = BinaryRecall()
-        self.eval_crit_f1 = BinaryF1Score()
-        self.eval_verdict_wrong_share = MeanMetric()
-        self.eval_verdict_parse_failures = MeanMetric()
-        # Per evaluation set (Question.dataset), eval/<metric>/<dataset> -> [sum, count]; reduced
-        # over ranks by name, since a rank's shard need not hold every set.
-        self._eval_dataset_sums: dict[str, list[float]] = {}
+        self.eval_metrics = EvalMetrics()
         self._epoch_started = 0.0
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient
         self._step_loss = torch.zeros(())  # sum of this optimizer step's micro-batch losses on this rank
@@ -175,10 +155,15 @@ class GCRLModule(LightningModule):
         if self.reference is not None:
             with torch.no_grad():
                 ref_logprobs = self.completion_logprobs(batch, self.reference)[0]
+        if self.loss.importance_sampling_cap is not None and "engine_logprobs" not in batch:
+            raise ValueError(
+                "GRPOLoss(importance_sampling_cap=...) needs the engine's logprobs of the sampled tokens: "
+                "set the DataModule's engine_logprobs: true"
+            )
         normalizer = batch["step_tokens"] if self.loss.aggregation == "token_mean" else batch["step_sequences"]
         loss, diagnostics = self.loss(
             logprobs, old_logprobs, batch["advantages"], batch["completion_mask"], ref_logprobs, entropy, normalizer,
-            behaviour_logprobs=batch.get("engine_logprobs"),  # present when importance sampling is on
+            engine_logprobs=batch.get("engine_logprobs"),
         )
         # The loss is scaled for the step's global normalizer; summed over the step's micro-batches
         # and ranks and divided by their count it is the step's mean loss (logged at the step).
@@ -225,90 +210,14 @@ class GCRLModule(LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Generation accuracy on held-out questions, or critique verdicts on a balanced set."""
-        datamodule = self.trainer.datamodule
-        with full_parameters(self.trainer):
-            self.evaluate_batch(batch, datamodule.task, datamodule.engine, datamodule)
+        """Adds a scored evaluation item (the DataModule samples and scores them) to the metrics."""
+        self.eval_metrics.update(batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
-
-    def evaluate_batch(self, batch: dict[str, Any], task: Any, engine: Any, datamodule: Any) -> None:
-        greedy = SamplingParams(greedy=True, max_new_tokens=datamodule.sampling.max_new_tokens)
-        if batch["kind"] == "generation":
-            questions = batch["questions"]
-            prompts = datamodule.encode([task.answer_prompt(q) for q in questions])
-            outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
-            correct = torch.tensor([task.verify(q, out[0].text) for q, out in zip(questions, outputs)])
-            self.eval_gen_acc.update(correct.to(self.device))
-            self._add_dataset_sums("gen_acc", [q.dataset for q in questions], correct.tolist())
-            if datamodule.eval_samples > 0:
-                outputs = engine.generate(prompts, datamodule.eval_samples, datamodule.sampling, seed=datamodule.seed)
-                sampled = torch.tensor([[task.verify(q, o.text) for o in out] for q, out in zip(questions, outputs)])
-                self.eval_gen_mean_acc.update(sampled.float().mean(1).to(self.device))
-            return
-        examples = batch["examples"]
-        greedy = SamplingParams(greedy=True, max_new_tokens=datamodule.critique_sampling.max_new_tokens)
-        prompts = datamodule.encode([task.critique_prompt(e.question, e.response) for e in examples])
-        outputs = engine.generate(prompts, 1, greedy, seed=datamodule.seed)
-        verdicts = [task.parse_verdict(out[0].text) for out in outputs]
-        target = torch.tensor([not e.is_right for e in examples], device=self.device)
-        # A critique without a verdict counts as a wrong prediction.
-        predicted = torch.tensor(
-            [(v is False) if v is not None else e.is_right for v, e in zip(verdicts, examples)], device=self.device
-        )
-        for metric in (self.eval_crit_acc, self.eval_crit_precision, self.eval_crit_recall, self.eval_crit_f1):
-            metric.update(predicted.long(), target.long())
-        self.eval_verdict_wrong_share.update(torch.tensor([v is False for v in verdicts], device=self.device).float())
-        self.eval_verdict_parse_failures.update(torch.tensor([v is None for v in verdicts], device=self.device).float())
-        self._add_dataset_sums("crit_acc", [e.question.dataset for e in examples], (predicted == target).float().tolist())
-
-    def _add_dataset_sums(self, metric: str, datasets: list[str], values: list[float]) -> None:
-        for dataset, value in zip(datasets, values):
-            if dataset:  # tasks without named sets (the arithmetic task) report totals only
-                sums = self._eval_dataset_sums.setdefault(f"eval/{metric}/{dataset}", [0.0, 0.0])
-                sums[0] += value
-                sums[1] += 1
-
-    def _dataset_metrics(self) -> dict[str, float]:
-        """``eval/<metric>/<dataset>`` and the mean over sets ``eval/<metric>_avg`` (the paper's
-        average), summed over ranks; resets the sums."""
-        sums, self._eval_dataset_sums = self._eval_dataset_sums, {}
-        values = reduce_sums(self.trainer, sums)
-        for metric in ("gen_acc", "crit_acc"):
-            per_set = [value for name, value in values.items() if name.startswith(f"eval/{metric}/")]
-            if per_set:
-                values[f"eval/{metric}_avg"] = sum(per_set) / len(per_set)
-        return values
-
-    def compute_eval_metrics(self) -> dict[str, float]:
-        """Computes (synchronised across ranks) and resets the evaluation metrics."""
-        metrics = {
-            "eval/gen_acc": self.eval_gen_acc,
-            "eval/gen_mean_acc": self.eval_gen_mean_acc,
-            "eval/crit_acc": self.eval_crit_acc,
-            "eval/crit_precision": self.eval_crit_precision,
-            "eval/crit_recall": self.eval_crit_recall,
-            "eval/crit_f1": self.eval_crit_f1,
-            "eval/verdict_wrong_share": self.eval_verdict_wrong_share,
-            "eval/verdict_parse_failures": self.eval_verdict_parse_failures,
-        }
-        values = {}
-        for name, metric in metrics.items():
-            if metric.update_count > 0:
-                values[name] = float(metric.compute())
-            metric.reset()
-        values.update(self._dataset_metrics())
-        return values
-
-    def on_validation_epoch_start(self) -> None:
-        self.trainer.datamodule.prepare_engine(self)
-
-    def on_test_epoch_start(self) -> None:
-        self.trainer.datamodule.prepare_engine(self)
+        self.eval_metrics.update(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.compute_eval_metrics(), sync_dist=False)
+        self.log_dict(self.eval_metrics.compute(self.trainer), sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.compute_eval_metrics(), sync_dist=False)
+        self.log_dict(self.eval_metrics.compute(self.trainer), sync_dist=False)

@@ -23,3 +23,8 @@ def parse_verdict(text: str, right: str = "right", wrong: str = "wrong", prefix:
 def critique_reward(verdict: bool | None, is_right: bool) -> float:
     """1 when the verdict matches the verifier's label; a missing verdict earns 0."""
     return 1.0 if verdict is not None and verdict == is_right else 0.0
+
+
+def is_right(reward: float) -> bool:
+    """Whether a verifier reward means the response is right (partial credit is not)."""
+    return reward >= 1.0

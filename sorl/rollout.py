@@ -1,14 +1,27 @@
-"""What a round is made of: sampled completions (``Sample``) and the round that holds them."""
+"""A round's data and its phases, as plain functions (no Lightning).
+
+One round: sample k responses per question and verify them (:func:`sample_responses`); turn them
+into (question, response, label) candidates for the critique cache (:func:`critique_candidates`);
+sample m critiques per cached pair and reward each by whether its verdict matches the label
+(:func:`sample_critiques`); then group-relative advantages per kind (:func:`assign_advantages`).
+Rollout callbacks run between the phases (see :class:`~sorl.callbacks.RolloutCallback`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from sorl.engines.base import Completion
-from sorl.tasks.base import CritiqueExample, Question
+import torch
 
-Kind = Literal["answer", "critique"]
+from sorl.engines.base import Completion, SamplingParams
+from sorl.loss import group_advantages
+from sorl.rewards import critique_reward, is_right
+from sorl.sampler import Sampler
+from sorl.tasks.base import CritiqueExample, Question, Task
+
+Kind = Literal["response", "critique"]
 
 
 @dataclass
@@ -32,9 +45,97 @@ class Round:
 
     index: int
     questions: list[Question]
-    answers: list[Sample] = field(default_factory=list)
+    responses: list[Sample] = field(default_factory=list)
     candidates: list[CritiqueExample] = field(default_factory=list)
     critique_pairs: list[CritiqueExample] = field(default_factory=list)
     critiques: list[Sample] = field(default_factory=list)
     zero_std_groups: set[int] = field(default_factory=set)  # groups whose rewards are all equal
     metrics: dict[str, float] = field(default_factory=dict)  # extra values to log, mean over ranks
+
+
+@dataclass(frozen=True)
+class RolloutContext:
+    """What a round samples with; rollout callbacks get it too (denoising samples refinements)."""
+
+    task: Task
+    sampler: Sampler
+    response_sampling: SamplingParams
+    critique_sampling: SamplingParams
+    rank: int
+    engine_logprobs: bool = False  # ask the engine for the sampled tokens' logprobs (importance sampling)
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, purpose: str, round_index: int) -> list[list[Completion]]:
+        """``n`` completions of each prompt text, seeded per (purpose, round, rank)."""
+        return self.sampler.generate(prompts, n, sampling, purpose, round_index, self.rank)
+
+
+def sample_responses(context: RolloutContext, round_: Round, k: int) -> None:
+    """First-order rollout: ``k`` verified responses per question; the group is the question's index."""
+    task = context.task
+    prompt_ids = context.sampler.encode([task.response_prompt(q) for q in round_.questions])
+    sampling = replace(context.response_sampling, logprobs=context.engine_logprobs)
+    completions = context.sampler.generate_ids(prompt_ids, k, sampling, "responses", round_.index, context.rank)
+    for group, (question, group_completions) in enumerate(zip(round_.questions, completions)):
+        for completion in group_completions:
+            reward = task.verify(question, completion.text)
+            round_.responses.append(Sample("response", group, question, prompt_ids[group], completion, reward))
+
+
+def critique_candidates(responses: Sequence[Sample]) -> list[CritiqueExample]:
+    """Each scored response as a (question, response, is_right) pair for the critique cache."""
+    return [CritiqueExample(s.question, s.completion.text, is_right(s.reward)) for s in responses]
+
+
+def sample_critiques(context: RolloutContext, round_: Round, m: int) -> None:
+    """Second-order rollout: ``m`` critiques of each of ``round_.critique_pairs``, each rewarded 1
+    when its verdict matches the pair's label. Critique groups are numbered after the questions'."""
+    task = context.task
+    pairs = round_.critique_pairs
+    prompt_ids = context.sampler.encode([task.critique_prompt(p.question, p.response) for p in pairs])
+    sampling = replace(context.critique_sampling, logprobs=context.engine_logprobs)
+    completions = context.sampler.generate_ids(prompt_ids, m, sampling, "critiques", round_.index, context.rank)
+    offset = len(round_.questions)
+    for index, (pair, group_completions) in enumerate(zip(pairs, completions)):
+        for completion in group_completions:
+            verdict = task.parse_verdict(completion.text)
+            reward = critique_reward(verdict, pair.is_right)
+            sample = Sample("critique", offset + index, pair.question, prompt_ids[index], completion, reward, pair=pair, verdict=verdict)
+            round_.critiques.append(sample)
+
+
+def assign_advantages(round_: Round, scale_by_std: bool) -> None:
+    """Group-relative advantages per kind; records the groups whose rewards are all equal."""
+    for kind, samples in (("response", round_.responses), ("critique", round_.critiques)):
+        if not samples:
+            continue
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        groups = torch.tensor([s.group for s in samples])
+        advantages, zero_std = group_advantages(rewards, groups, scale_by_std=scale_by_std)
+        for sample, advantage in zip(samples, advantages.tolist()):
+            sample.advantage = advantage
+        zero_std_groups = {g for g, z in zip(groups.tolist(), zero_std.tolist()) if z}
+        round_.zero_std_groups |= zero_std_groups
+        round_.metrics[f"rollout/frac_zero_std_{kind}"] = len(zero_std_groups) / len(set(groups.tolist()))
+
+
+def right_share(pairs: Sequence[CritiqueExample]) -> float:
+    """The share of pairs whose response is right."""
+    return sum(p.is_right for p in pairs) / len(pairs)
+
+
+def round_sums(round_: Round) -> dict[str, tuple[float, float]]:
+    """The round's rollout statistics as ``tag -> (sum, count)``, so that ranks with different
+    amounts of data reduce exactly; ``round_.metrics`` entries count once per rank (a mean)."""
+    responses, critiques = round_.responses, round_.critiques
+    completions = [s.completion for s in responses + critiques]
+    sums = {
+        "rollout/response_reward": (sum(s.reward for s in responses), len(responses)),
+        "rollout/response_len": (sum(len(s.completion.token_ids) for s in responses), len(responses)),
+        "rollout/truncated": (sum(c.finish_reason == "length" for c in completions), len(completions)),
+    }
+    if critiques:
+        sums["rollout/critique_reward"] = (sum(s.reward for s in critiques), len(critiques))
+        sums["rollout/critique_len"] = (sum(len(s.completion.token_ids) for s in critiques), len(critiques))
+        sums["rollout/verdict_parse_failures"] = (sum(s.verdict is None for s in critiques), len(critiques))
+    sums.update({name: (value, 1) for name, value in round_.metrics.items()})
+    return sums

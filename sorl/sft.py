@@ -11,7 +11,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.utils.data import DataLoader
 
-from sorl.data import encode_prompts
+from sorl.sampler import encode_prompts
 from sorl.module import export_policy
 from sorl.policy import DType, load_policy, load_tokenizer
 from sorl.tokenizer import build_char_tokenizer
@@ -182,7 +182,7 @@ def collate_sft(
     system_prompt: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``prompt + target + EOS`` ids; labels are -100 outside the target. Prompts are
-    encoded as rollouts encode them (:func:`~sorl.data.encode_prompts`)."""
+    encoded as rollouts encode them (:func:`~sorl.sampler.encode_prompts`)."""
     rows, labels = [], []
     all_prompt_ids = encode_prompts(tokenizer, [prompt for prompt, _ in pairs], chat_template, system_prompt)
     for (prompt, target), prompt_ids in zip(pairs, all_prompt_ids):

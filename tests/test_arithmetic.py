@@ -70,7 +70,7 @@ def test_left_to_right():
 
 
 def test_prompts():
-    assert ArithmeticTask().answer_prompt(Q) == "Q:12+34-56\nS:"
+    assert ArithmeticTask().response_prompt(Q) == "Q:12+34-56\nS:"
     t = ArithmeticTask()
     assert t.critique_prompt(Q, "R") == "Q:12+34-56\nS:R\nC:"
     assert t.refinement_prompt(Q, "R", "K") == "Q:12+34-56\nS:R\nC:K\nF:"

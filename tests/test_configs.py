@@ -1,45 +1,88 @@
-"""Every shipped config (alone, and composed with every callback preset) parses and instantiates."""
+"""The config hub: every base config parses (and instantiates where a fresh CPU clone can), every
+overlay composes with its base, every callback preset swaps in, and every ``sorl`` command line
+that README.md shows parses."""
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from sorl.cli import build_cli
+from sorl.cli import build_cli, cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-# gc_rl_fsdp.yaml only sets the strategy, to compose after an experiment config (test_fsdp_config.py)
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name != "gc_rl_fsdp.yaml")
+BASES = sorted((ROOT / "configs").glob("*.yaml"))
+# overlay folder -> the base it is composed with in these tests
+OVERLAYS = {"mode": "gc_rl.yaml", "engine": "gc_rl.yaml", "strategy": "gc_rl.yaml", "model": "qwen2.5_gpu.yaml"}
 PRESETS = sorted((ROOT / "callbacks").glob("*.yaml"))
-
 
 # Configs that need what a fresh clone on a CPU machine lacks (GPUs, a converted model folder, a
 # user's JSONL) are parsed and type-checked (--print_config) but not instantiated.
 SMOLLM2_DIR = ROOT / "checkpoints" / "smollm2-135m-instruct"
 NOT_INSTANTIATED = {
-    "qwen2.5_1.5b_gc_rl_gpu.yaml": True,  # GPUs, vLLM and a Qwen2.5 folder
-    "qwen2.5_7b_gc_rl_gpu.yaml": True,
+    "qwen2.5_gpu.yaml": True,  # GPUs, vLLM and a Qwen2.5 folder
+    "qwen2.5_7b.yaml": True,
+    "fsdp.yaml": True,  # GPUs: Lightning refuses FSDP on CPU
     "smollm2_gsm8k.yaml": not SMOLLM2_DIR.is_dir(),  # python -m sorl.convert --output checkpoints/...
     "smollm2_cold_start.yaml": True,  # examples_file is the user's
 }
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_config_parses(config):
-    if NOT_INSTANTIATED.get(config.name, False):
+def _check(configs: list[Path], instantiate: bool) -> None:
+    args = [a for config in configs for a in ("--config", str(config))]
+    if not instantiate:
         with pytest.raises(SystemExit) as exit_info:
-            build_cli(["--config", str(config), "--print_config"], run=False)
+            build_cli([*args, "--print_config"], run=False)
         assert exit_info.value.code == 0
         return
-    cli = build_cli(["--config", str(config)], run=False)
+    cli = build_cli(args, run=False)
     assert cli.model is not None and cli.datamodule is not None
     assert cli.trainer.reload_dataloaders_every_n_epochs == 1
 
 
+@pytest.mark.parametrize("config", BASES, ids=lambda p: p.name)
+def test_base_config_parses(config):
+    _check([config], not NOT_INSTANTIATED.get(config.name, False))
+
+
+@pytest.mark.parametrize(
+    "overlay", sorted(p for folder in OVERLAYS for p in (ROOT / "configs" / folder).glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_overlay_composes_with_its_base(overlay):
+    base = ROOT / "configs" / OVERLAYS[overlay.parent.name]
+    _check([base, overlay], not NOT_INSTANTIATED.get(overlay.name, False) and not NOT_INSTANTIATED.get(base.name, False))
+
+
+def test_mode_overlay_changes_only_the_mode():
+    g_rl = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(ROOT / "configs" / "mode" / "g_rl.yaml")], run=False)
+    gc_rl = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml")], run=False)
+    assert (g_rl.datamodule.mode, gc_rl.datamodule.mode) == ("g_rl", "gc_rl")
+    assert g_rl.datamodule.critique_pairs_per_round == gc_rl.datamodule.critique_pairs_per_round
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
-def test_callback_preset_composes(preset):
-    cli = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(preset)], run=False)
+def test_callback_preset_swaps_in(preset):
+    cli = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--trainer.callbacks", str(preset)], run=False)
     names = {type(c).__name__ for c in cli.trainer.callbacks}
     assert ("LabelBalancing" in names) == (preset.name != "unbalanced.yaml")
+    assert ("RewardDenoising" in names) == (preset.name == "denoised.yaml")
+
+
+def _readme_commands() -> list[str]:
+    """Every ``sorl fit|validate`` command line in README.md (code blocks and table cells)."""
+    text = (ROOT / "README.md").read_text()
+    commands = re.findall(r"(?:^|`|&& )(sorl (?:fit|validate) [^`\n]*)", text, flags=re.M)
+    assert len(commands) >= 8, commands
+    return sorted({c.split("#")[0].strip().rstrip("\\").strip() for c in commands})
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_readme_command_parses(command, monkeypatch):
+    monkeypatch.chdir(ROOT)  # README's commands run from the repository root
+    args = shlex.split(command)[1:]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*args, "--print_config"])
+    assert exit_info.value.code == 0, command
 
 
 def test_bad_value_names_the_key(capsys):

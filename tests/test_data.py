@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sorl.data import RolloutDataModule, balanced_head
-from sorl.rollout import Round, Sample
+from sorl.rollout import Round, Sample, assign_advantages
 from sorl.engines import Completion
 from sorl.loss import GRPOLoss
 from sorl.tasks import ArithmeticTask, CritiqueExample, Question
@@ -15,20 +15,20 @@ from sorl.tasks import ArithmeticTask, CritiqueExample, Question
 QUESTION = Question("q", "1+2", "3")
 
 
-def _datamodule(accumulation: int, batch_size: int, passes: int = 1) -> RolloutDataModule:
-    datamodule = RolloutDataModule(ArithmeticTask(num_eval=4), batch_size=batch_size, passes_per_round=passes)
+def _datamodule(accumulation: int, batch_size: int, passes: int = 1, mode: str = "gc_rl") -> RolloutDataModule:
+    datamodule = RolloutDataModule(ArithmeticTask(num_eval=4), mode=mode, batch_size=batch_size, passes_per_round=passes)
     datamodule.trainer = SimpleNamespace(accumulate_grad_batches=accumulation, world_size=1, global_rank=0)
     return datamodule
 
 
-def _round(lengths: list[int], kind: str = "answer") -> Round:
+def _round(lengths: list[int], kind: str = "response") -> Round:
     round_ = Round(0, [QUESTION])
     samples = [
         Sample(kind, i // 2, QUESTION, [5, 6], Completion(list(range(3, 3 + n)), "", "stop"), advantage=float(i % 3 - 1))
         for i, n in enumerate(lengths)
     ]
-    if kind == "answer":
-        round_.answers = samples
+    if kind == "response":
+        round_.responses = samples
     else:
         round_.critiques = samples
     return round_
@@ -38,7 +38,7 @@ def test_step_normalizer_makes_token_mean_independent_of_accumulation():
     lengths = [1, 3, 2, 5, 4, 1, 2, 3]
     total_tokens = sum(lengths)
     # 4 micro-batches of 2 samples, 2 per optimizer step -> 2 steps
-    batches = _datamodule(accumulation=2, batch_size=2).make_batches(_round(lengths), "gc_rl", pad_id=0)
+    batches = _datamodule(accumulation=2, batch_size=2).make_batches(_round(lengths), pad_id=0)
     assert len(batches) == 4
     step_tokens = [b["completion_mask"].sum().item() for b in batches]
     for step in range(2):
@@ -65,46 +65,44 @@ def test_step_normalizer_makes_token_mean_independent_of_accumulation():
 
 
 def test_batches_padded_to_whole_steps_and_modes_select_samples():
-    datamodule = _datamodule(accumulation=4, batch_size=2)
     round_ = _round([2, 2, 2])
     round_.critiques = _round([3, 3], "critique").critiques
-    gc = datamodule.make_batches(round_, "gc_rl", pad_id=0)
+    gc = _datamodule(accumulation=4, batch_size=2).make_batches(round_, pad_id=0)
     assert len(gc) == 4  # 3 real micro-batches padded to one whole step of 4
     assert gc[-1]["completion_mask"].sum() == 0
     assert sum(b["is_critique"].sum().item() for b in gc) == 2
-    g = datamodule.make_batches(round_, "g_rl", pad_id=0)
+    g = _datamodule(accumulation=4, batch_size=2, mode="g_rl").make_batches(round_, pad_id=0)
     assert sum(b["is_critique"].sum().item() for b in g) == 0
-    c = datamodule.make_batches(round_, "c_rl", pad_id=0)
+    c = _datamodule(accumulation=4, batch_size=2, mode="c_rl").make_batches(round_, pad_id=0)
     assert sum(len(b["advantages"]) for b in c if b["completion_mask"].sum() > 0) == 2
 
 
 def test_batches_after_the_first_step_are_off_policy():
     # 4 micro-batches of 2, 2 per step: the second step's batches were sampled before the first update
-    one_pass = _datamodule(accumulation=2, batch_size=2).make_batches(_round([2, 3, 1, 4, 2, 2, 1, 1]), "g_rl", pad_id=0)
+    one_pass = _datamodule(accumulation=2, batch_size=2, mode="g_rl").make_batches(_round([2, 3, 1, 4, 2, 2, 1, 1]), pad_id=0)
     assert [b["off_policy"] for b in one_pass] == [False, False, True, True]
     # with 3 passes every micro-batch is trained again later: all need the sampling policy's logprobs
-    passes = _datamodule(accumulation=1, batch_size=2, passes=3).make_batches(_round([2, 3, 1, 4]), "g_rl", pad_id=0)
+    passes = _datamodule(accumulation=1, batch_size=2, passes=3, mode="g_rl").make_batches(_round([2, 3, 1, 4]), pad_id=0)
     assert len(passes) == 6 and len({id(b) for b in passes}) == 2
     assert all(b["off_policy"] for b in passes)
 
 
 def test_drop_zero_std_groups_drops_whole_groups_not_zero_advantages():
-    datamodule = _datamodule(accumulation=1, batch_size=8)
+    datamodule = _datamodule(accumulation=1, batch_size=8, mode="g_rl")
     datamodule.drop_zero_std_groups = True
     round_ = _round([2, 2, 2, 2, 2, 2])  # groups 0, 1, 2 of two samples each
     round_.zero_std_groups = {1}
-    round_.answers[0].advantage = 0.0  # the middle sample of a group with a spread (rewards 1, 0.5, 0)
-    batches = datamodule.make_batches(round_, "g_rl", pad_id=0)
+    round_.responses[0].advantage = 0.0  # the middle sample of a group with a spread (rewards 1, 0.5, 0)
+    batches = datamodule.make_batches(round_, pad_id=0)
     assert sum(len(b["advantages"]) for b in batches) == 4
     assert 0.0 in batches[0]["advantages"].tolist()
 
 
 def test_advantage_phase_records_zero_std_groups():
-    datamodule = _datamodule(accumulation=1, batch_size=8)
     round_ = _round([2, 2, 2])
     group = [Sample("critique", 7, QUESTION, [5], Completion([3], "", "stop"), reward=r) for r in (1.0, 0.5, 0.0)]
     round_.critiques = group
-    datamodule.assign_advantages(round_)
+    assign_advantages(round_, scale_by_std=True)
     assert 7 not in round_.zero_std_groups and group[1].advantage == 0.0
 
 
@@ -117,7 +115,7 @@ def test_later_passes_shuffle_steps_alike_on_every_rank():
     schedules = [None] * world
 
     def run(rank: int) -> None:
-        datamodule = RolloutDataModule(ArithmeticTask(num_eval=4), batch_size=2, passes_per_round=4, seed=3)
+        datamodule = RolloutDataModule(ArithmeticTask(num_eval=4), mode="g_rl", batch_size=2, passes_per_round=4, seed=3)
         datamodule.trainer = SimpleNamespace(accumulate_grad_batches=accumulation, world_size=world, global_rank=rank)
 
         def reduce(tensor, op):  # an all-reduce over the two threads
@@ -128,7 +126,7 @@ def test_later_passes_shuffle_steps_alike_on_every_rank():
             return result
 
         datamodule._reduce = reduce
-        schedules[rank] = datamodule.make_batches(rounds[rank], "g_rl", pad_id=0)
+        schedules[rank] = datamodule.make_batches(rounds[rank], pad_id=0)
 
     threads = [threading.Thread(target=run, args=(rank,)) for rank in range(world)]
     for thread in threads:
@@ -161,7 +159,7 @@ def test_ranks_get_disjoint_shards_of_each_round():
             datamodule = RolloutDataModule(task, questions_per_round=8)
             datamodule.trainer = SimpleNamespace(world_size=2, global_rank=rank)
             datamodule.round_index = round_index
-            shards.append([q.id for q in datamodule._round_questions()])
+            shards.append([q.id for q in datamodule.round_questions()])
         assert len(set(shards[0])) == 8 and not set(shards[0]) & set(shards[1])
         seen_by_round.append(set(shards[0]) | set(shards[1]))
     # 50 questions, 16 per round: the first three rounds use 48 distinct questions

@@ -23,7 +23,7 @@ def test_shipped_policy_writes_well_formed_responses_and_critiques():
     engine.setup(policy, tokenizer)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=128)
     questions = task.eval_questions()[:40]
-    prompts = [tokenizer(task.answer_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+    prompts = [tokenizer(task.response_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
     responses = [c.text for group in engine.generate(prompts, 2, sampling, seed=0) for c in group]
     well_formed = sum(bool(RESPONSE.match(r)) for r in responses) / len(responses)
     examples = task.critique_eval_set()[:40]

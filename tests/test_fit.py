@@ -10,22 +10,8 @@ from transformers import AutoModelForCausalLM
 from sorl import ArithmeticTask, GCRLModule, LabelBalancing, RolloutDataModule
 from sorl.cli import cli_main
 from sorl.policy import EMBEDDED_POLICY
+from helpers import small_round
 from scalars import scalar_series
-
-ROOT = Path(__file__).resolve().parents[1]
-
-SMALL_ROUND = [
-    "--trainer.max_epochs=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.check_val_every_n_epoch=2",
-    "--data.questions_per_round=8",
-    "--data.responses_per_question=4",
-    "--data.critique_pairs_per_round=4",
-    "--data.critiques_per_response=4",
-    "--data.eval_max_questions=8",
-    "--data.eval_samples=0",
-    "--data.batch_size=16",
-]
 
 
 def _assert_every_parameter_changed(before: torch.nn.Module, after: torch.nn.Module) -> None:
@@ -38,17 +24,13 @@ def _assert_every_parameter_changed(before: torch.nn.Module, after: torch.nn.Mod
 
 @pytest.mark.parametrize("mode", ["g_rl", "c_rl", "gc_rl"])
 def test_cli_fit_each_mode(mode, tmp_path):
-    cli_main(
-        ["fit", "--config", str(ROOT / "configs" / f"{mode}.yaml"), f"--trainer.default_root_dir={tmp_path}"]
-        + SMALL_ROUND
-        + [f"--model.export_dir={tmp_path / 'hf'}"]
-    )
+    cli_main(["fit", *small_round(tmp_path, data__mode=mode, trainer__max_epochs=2, trainer__check_val_every_n_epoch=2)])
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     _assert_every_parameter_changed(AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY), exported)
     tags = set(scalar_series(tmp_path))
-    assert "rollout/answer_reward" in tags  # every mode samples responses (c_rl to fill the cache)
+    assert "rollout/response_reward" in tags  # every mode samples responses (c_rl to fill the cache)
     assert ("rollout/critique_reward" in tags) == (mode != "g_rl")
-    for tag in ("train/loss", "train/clip_frac", "time/rollout", "eval/gen_acc", "eval/crit_acc"):
+    for tag in ("train/loss", "train/clip_frac", "time/response_rollout", "eval/gen_acc", "eval/crit_acc"):
         assert tag in tags
     assert (tmp_path / "hf" / "tokenizer.json").exists() or (tmp_path / "hf" / "tokenizer_config.json").exists()
     assert list(tmp_path.rglob("last.ckpt"))
@@ -56,7 +38,7 @@ def test_cli_fit_each_mode(mode, tmp_path):
 
 def test_plain_trainer_without_cli(tmp_path):
     task = ArithmeticTask(num_eval=8)
-    module = GCRLModule(mode="gc_rl", optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    module = GCRLModule(optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     datamodule = RolloutDataModule(
         task, questions_per_round=8, responses_per_question=4, critique_pairs_per_round=4, critiques_per_response=4
     )
@@ -71,8 +53,8 @@ def test_plain_trainer_without_cli(tmp_path):
     )
     trainer.fit(module, datamodule)
     round_ = datamodule.last_round
-    assert len(round_.answers) == 32 and round_.critiques
-    assert {s.group for s in round_.critiques}.isdisjoint({s.group for s in round_.answers})
+    assert len(round_.responses) == 32 and round_.critiques
+    assert {s.group for s in round_.critiques}.isdisjoint({s.group for s in round_.responses})
     # balanced cache: as many right as wrong pairs
     assert sum(p.is_right for p in datamodule.cache) * 2 == len(datamodule.cache)
     _assert_every_parameter_changed(AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY), module.policy)

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_fsdp_config_builds_a_strategy_wrapping_decoder_layers():
-    strategy = yaml.safe_load((ROOT / "configs" / "gc_rl_fsdp.yaml").read_text())["trainer"]["strategy"]
+    strategy = yaml.safe_load((ROOT / "configs" / "strategy" / "fsdp.yaml").read_text())["trainer"]["strategy"]
     assert strategy["class_path"] == "lightning.pytorch.strategies.FSDPStrategy"
     parser = ArgumentParser()
     parser.add_class_arguments(FSDPStrategy, "strategy")

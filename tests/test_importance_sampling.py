@@ -26,7 +26,7 @@ def test_weights_are_the_truncated_ratio_of_trainer_to_engine_logprobs():
     behaviour = logprobs.detach() - torch.tensor([[math.log(3.0), -math.log(2.0), 0.0]])
     plain, _ = GRPOLoss()(logprobs, logprobs.detach(), advantages, mask)
     loss, stats = GRPOLoss(importance_sampling_cap=2.0)(
-        logprobs, logprobs.detach(), advantages, mask, behaviour_logprobs=behaviour
+        logprobs, logprobs.detach(), advantages, mask, engine_logprobs=behaviour
     )
     # ratio 1 everywhere: per-token pg = -1.5; token mean over 2 tokens, weights 2 and 0.5
     assert plain.item() == pytest.approx(-1.5)
@@ -37,8 +37,8 @@ def test_weights_are_the_truncated_ratio_of_trainer_to_engine_logprobs():
     assert torch.allclose(grad, torch.tensor([[-1.5 * 2.0 / 2, -1.5 * 0.5 / 2, 0.0]]))
 
 
-def test_cap_needs_behaviour_logprobs_and_is_at_least_one():
-    with pytest.raises(ValueError, match="behaviour_logprobs is required"):
+def test_cap_needs_engine_logprobs_and_is_at_least_one():
+    with pytest.raises(ValueError, match="engine_logprobs is required"):
         GRPOLoss(importance_sampling_cap=2.0)(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2))
     with pytest.raises(ValueError, match="importance_sampling_cap must be >= 1"):
         GRPOLoss(importance_sampling_cap=0.5)
@@ -54,7 +54,7 @@ def test_hf_engine_logprobs_match_the_trainer(tiny_policy_dir, temperature):
     completions = engine.generate(prompts, 3, sampling, seed=0)
     question = Question("q", "", "")
     samples = [
-        Sample("answer", g, question, prompts[g], c) for g, group in enumerate(completions) for c in group
+        Sample("response", g, question, prompts[g], c) for g, group in enumerate(completions) for c in group
     ]
     batch = collate(samples, tokenizer.pad_token_id, temperature, mask_truncated=False, engine_logprobs=True)
     with torch.no_grad():
@@ -72,7 +72,8 @@ def test_fit_with_importance_sampling_logs_the_ratio(tmp_path):
         "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=100",
         "--data.questions_per_round=4", "--data.responses_per_question=4", "--data.critique_pairs_per_round=2",
         "--data.critiques_per_response=2", "--data.eval_max_questions=2", "--data.eval_samples=0",
-        "--model.loss.init_args.importance_sampling_cap=2.0", f"--model.export_dir={tmp_path / 'hf'}",
+        "--model.loss.init_args.importance_sampling_cap=2.0", "--data.engine_logprobs=true",
+        f"--model.export_dir={tmp_path / 'hf'}",
     ])  # fmt: skip
     values = scalar_series(tmp_path).get("train/is_ratio_mean", [])
     assert values, "train/is_ratio_mean was not logged"

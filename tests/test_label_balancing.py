@@ -1,4 +1,5 @@
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -49,11 +50,8 @@ def test_callback_replaces_round_candidates():
         index = 3
         candidates = _pairs({"a": "RWW", "b": "WWW"})
 
-    class _Trainer:
-        global_rank = 0
-
     round_ = _Round()
-    LabelBalancing().on_cache_update(_Trainer(), None, round_)
+    LabelBalancing().on_cache_update(None, SimpleNamespace(rank=0), round_)
     assert sorted(p.is_right for p in round_.candidates) == [False, True]
     assert {p.question.id for p in round_.candidates} == {"a"}
 

@@ -199,7 +199,7 @@ def test_templates_are_editable_and_filled_once():
         refinement_template="Q: {question}\nS: {response}\nC: {critique}\nFix:",
     )
     question = Question("q", "What is {response} in \\frac{1}{2}?", "1")
-    assert task.answer_prompt(question) == "Q: What is {response} in \\frac{1}{2}?\nA:"
+    assert task.response_prompt(question) == "Q: What is {response} in \\frac{1}{2}?\nA:"
     assert task.critique_prompt(question, "r {critique}").startswith("Q: What is {response} in \\frac{1}{2}?\nS: r {critique}\n")
     assert task.refinement_prompt(question, "r", "c").endswith("C: c\nFix:")
 

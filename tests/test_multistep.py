@@ -6,20 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import small_round
 from scalars import scalar_series
 from sorl.cli import cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _fit(root: Path, *extra: str) -> dict[str, list[float]]:
-    cli_main([
-        "fit", "--config", str(ROOT / "configs" / "gc_rl.yaml"), f"--trainer.default_root_dir={root}",
-        "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=100",
-        "--data.questions_per_round=4", "--data.responses_per_question=4", "--data.critique_pairs_per_round=2",
-        "--data.critiques_per_response=4", "--data.eval_max_questions=2", "--data.eval_samples=0",
-        f"--model.export_dir={root / 'hf'}", *extra,
-    ])  # fmt: skip
+    args = small_round(root, trainer__max_epochs=1, data__questions_per_round=4, data__critique_pairs_per_round=2)
+    cli_main(["fit", *args, *extra])
     return scalar_series(root)
 
 
@@ -46,7 +40,7 @@ def test_old_logprobs_are_computed_as_the_training_step_computes_logprobs(tmp_pa
 
 def test_train_loss_is_the_step_mean_whatever_the_accumulation(tmp_path):
     # g_rl: 16 responses, one optimizer step either as one micro-batch of 16 or two of 8
-    common = ("--model.mode=g_rl", "--trainer.precision=32")
+    common = ("--data.mode=g_rl", "--trainer.precision=32")
     whole = _fit(tmp_path / "whole", *common, "--data.batch_size=16")["train/loss"]
     halves = _fit(tmp_path / "halves", *common, "--data.batch_size=8", "--trainer.accumulate_grad_batches=2")["train/loss"]
     assert len(whole) == len(halves) == 1

@@ -13,7 +13,7 @@ QUESTION = Question("q", "1+2", "3")
 
 
 def _sample(prompt: list[int], completion: list[int], advantage: float = 1.0) -> Sample:
-    return Sample("answer", 0, QUESTION, prompt, Completion(completion, "", "stop"), advantage=advantage)
+    return Sample("response", 0, QUESTION, prompt, Completion(completion, "", "stop"), advantage=advantage)
 
 
 def _batch_logprobs(model, samples):
@@ -64,7 +64,7 @@ def test_garbage_after_eos_changes_neither_loss_nor_gradient(tiny_policy_dir):
 
 
 def test_completion_mask_follows_lengths_and_truncation():
-    truncated = Sample("answer", 0, QUESTION, [5], Completion([9, 10, 11], "", "length"))
+    truncated = Sample("response", 0, QUESTION, [5], Completion([9, 10, 11], "", "length"))
     stopped = _sample([5, 6], [9, 1])
     kept = collate([truncated, stopped], pad_id=0, temperature=1.0, mask_truncated=False)
     assert kept["completion_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]

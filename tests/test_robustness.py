@@ -29,9 +29,9 @@ class NaNOnCalls(GRPOLoss):
         return loss, diagnostics
 
 
-def _fit(module: GCRLModule, task, tmp_path: Path, batch_size: int = 8) -> RolloutDataModule:
+def _fit(module: GCRLModule, task, tmp_path: Path, batch_size: int = 8, mode: str = "gc_rl") -> RolloutDataModule:
     datamodule = RolloutDataModule(
-        task, questions_per_round=4, responses_per_question=4, critique_pairs_per_round=2,
+        task, mode=mode, questions_per_round=4, responses_per_question=4, critique_pairs_per_round=2,
         critiques_per_response=2, batch_size=batch_size, eval_max_questions=2,
     )  # fmt: skip
     trainer = Trainer(
@@ -48,11 +48,11 @@ def _weights(module: GCRLModule) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("nan_calls, expect_change", [({0, 1, 2, 3, 4, 5}, False), ({0}, True)])
 def test_non_finite_loss_skips_the_step_and_counts_it(nan_calls, expect_change, tmp_path):
-    module = GCRLModule(mode="g_rl", loss=NaNOnCalls(nan_calls), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module = GCRLModule(loss=NaNOnCalls(nan_calls), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     module.configure_model()
     before = _weights(module)
     with pytest.warns(UserWarning, match="non-finite gradient"):
-        _fit(module, ArithmeticTask(num_eval=2), tmp_path, batch_size=4)  # 16 responses: 4 steps
+        _fit(module, ArithmeticTask(num_eval=2), tmp_path, batch_size=4, mode="g_rl")  # 16 responses: 4 steps
     after = _weights(module)
     assert all(torch.isfinite(p).all() for p in after.values())
     changed = any(not torch.equal(before[name], after[name]) for name in before)
@@ -74,14 +74,14 @@ class AlwaysWrong:
 
 
 def test_round_without_mixed_pairs_trains_on_responses_and_says_why(tmp_path, caplog):
-    module = GCRLModule(mode="gc_rl")
+    module = GCRLModule()
     with caplog.at_level(logging.INFO):
         datamodule = _fit(module, AlwaysWrong(), tmp_path)
     round_ = datamodule.last_round
-    assert round_.answers and not round_.critiques and not datamodule.cache
+    assert round_.responses and not round_.critiques and not datamodule.cache
     assert round_.metrics["rollout/critique_pairs"] == 0
     assert "no question so far had both a right and a wrong response" in caplog.text
-    assert sum(batch["input_ids"].shape[0] for batch in datamodule._schedule) == len(round_.answers)
+    assert sum(batch["input_ids"].shape[0] for batch in datamodule._schedule) == len(round_.responses)
 
 
 def test_bad_config_value_names_the_key(capsys):

@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 from conftest import SHARED_DATA
 from sorl import GCRLModule, GRPOLoss, MathDataset, MathTask, RolloutDataModule
 from sorl.convert import convert_gguf, smollm2_gguf
-from sorl.data import encode_prompts
+from sorl.sampler import encode_prompts
 from sorl.policy import load_policy, load_tokenizer
 
 pytestmark = [
@@ -70,7 +70,6 @@ def test_one_gc_rl_round_on_8_gsm8k_questions_changes_the_parameters(smollm2_dir
     )
     module = GCRLModule(
         model=smollm2_dir,
-        mode="gc_rl",
         loss=GRPOLoss(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0),
     )
@@ -97,7 +96,7 @@ def test_one_gc_rl_round_on_8_gsm8k_questions_changes_the_parameters(smollm2_dir
     before = {name: p.detach().clone() for name, p in load_policy(smollm2_dir).named_parameters()}
     trainer.fit(module, datamodule)
     round_ = datamodule.last_round
-    assert len(round_.answers) == 16 and len(round_.critiques) == 16
-    assert any(s.advantage != 0.0 for s in round_.answers + round_.critiques), "no learning signal in the round"
+    assert len(round_.responses) == 16 and len(round_.critiques) == 16
+    assert any(s.advantage != 0.0 for s in round_.responses + round_.critiques), "no learning signal in the round"
     unchanged = [name for name, p in module.policy.named_parameters() if torch.equal(p.detach(), before[name])]
     assert not unchanged, f"parameters left unchanged: {unchanged[:5]}"

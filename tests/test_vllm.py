@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sorl.data import encode_prompts
+from sorl.sampler import encode_prompts
 from sorl.engines import HFEngine, SamplingParams, VLLMEngine
 from sorl.engines.hf import left_pad
 from sorl.policy import EMBEDDED_POLICY, completion_logprobs, load_policy, load_tokenizer
@@ -42,10 +42,10 @@ def engines():
     return policy, tokenizer, vllm_engine, hf_engine
 
 
-def _prompts(tokenizer, count: int = 24, kind: str = "answer") -> list[list[int]]:
+def _prompts(tokenizer, count: int = 24, kind: str = "response") -> list[list[int]]:
     task = ArithmeticTask()
-    if kind == "answer":
-        texts = [task.answer_prompt(q) for q in task.eval_questions()[:count]]
+    if kind == "response":
+        texts = [task.response_prompt(q) for q in task.eval_questions()[:count]]
     else:  # critique prompts are longer: a question and a whole response
         texts = [task.critique_prompt(e.question, e.response) for e in task.critique_eval_set()[:count]]
     return encode_prompts(tokenizer, texts)
@@ -173,7 +173,8 @@ def test_gc_rl_fit_with_vllm_changes_the_policy_and_corrects_with_its_logprobs(t
     cli_main(
         [
             "fit",
-            "--config", str(ROOT / "configs" / "gc_rl_vllm.yaml"),
+            "--config", str(ROOT / "configs" / "gc_rl.yaml"),
+            "--config", str(ROOT / "configs" / "engine" / "vllm.yaml"),
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.max_epochs=2",
             "--trainer.enable_progress_bar=false",
@@ -186,6 +187,7 @@ def test_gc_rl_fit_with_vllm_changes_the_policy_and_corrects_with_its_logprobs(t
             "--data.eval_samples=0",
             "--data.batch_size=16",
             "--model.loss.init_args.importance_sampling_cap=2.0",
+            "--data.engine_logprobs=true",
             f"--model.export_dir={tmp_path / 'hf'}",
         ]
     )  # fmt: skip
@@ -209,7 +211,8 @@ def test_two_process_ddp_with_vllm_ends_with_identical_changed_weights(tmp_path)
     )
     command = [
         sys.executable, "-m", "sorl", "fit",
-        "--config", str(ROOT / "configs" / "gc_rl_vllm.yaml"), "--config", str(callbacks),
+        "--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(ROOT / "configs" / "engine" / "vllm.yaml"),
+        "--config", str(callbacks),
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=2", f"--trainer.default_root_dir={tmp_path}",
         f"--model.export_dir={tmp_path / 'hf'}", "--data.questions_per_round=6", "--data.responses_per_question=4",

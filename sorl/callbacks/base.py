@@ -1,34 +1,25 @@
-"""RolloutCallback: a Lightning callback with hooks into the DataModule's rollout round."""
+"""RolloutCallback: a Lightning callback with hooks into the round the DataModule builds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lightning.pytorch import Callback, Trainer
 
-if TYPE_CHECKING:
-    from sorl.data import RolloutDataModule
-    from sorl.rollout import Round
+from sorl.rollout import Round, RolloutContext
 
 
 class RolloutCallback(Callback):
     """Hooks the :class:`~sorl.data.RolloutDataModule` calls, in this order, once per round.
 
-    Each receives the round being built and may change it in place; ``round.metrics`` takes
-    extra values to log (reduced across ranks by mean).
+    Each receives the round being built, which it may change in place (``round.metrics`` takes
+    extra values to log, reduced across ranks by mean), and the round's
+    :class:`~sorl.rollout.RolloutContext`: the task, the sampler and the sampling settings.
     """
 
-    def on_answers_scored(self, trainer: Trainer, datamodule: RolloutDataModule, round: Round) -> None:
-        """After the first-order rollout is verified: ``round.answers`` hold their rewards."""
+    def on_responses_scored(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
+        """After the first-order rollout is verified: ``round.responses`` hold their rewards."""
 
-    def on_cache_update(self, trainer: Trainer, datamodule: RolloutDataModule, round: Round) -> None:
+    def on_cache_update(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
         """Before ``round.candidates`` (this round's scored pairs) enter the question-response cache."""
 
-    def on_critiques_scored(self, trainer: Trainer, datamodule: RolloutDataModule, round: Round) -> None:
+    def on_critiques_scored(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
         """After the second-order rollout is scored: ``round.critiques`` hold their rewards."""
-
-
-def rollout_callbacks(trainer: Trainer) -> list[RolloutCallback]:
-    return [callback for callback in trainer.callbacks if isinstance(callback, RolloutCallback)]
-
-

@@ -1,8 +1,8 @@
 """Evaluation: a baseline before training, and a before/after summary at the end of fit.
 
-The metrics themselves are computed by the LightningModule's validation loop (so ``sorl validate``
-and Lightning's ``check_val_every_n_epoch`` work as usual); this callback adds what that loop
-does not: evaluating the initial policy before the first update, and a summary table plus one
+The DataModule samples and scores the evaluation items and the LightningModule's validation loop
+accumulates the metrics (:mod:`sorl.evaluation`), so ``sorl validate`` and Lightning's
+``check_val_every_n_epoch`` work as usual; this callback adds what that loop does not: evaluating the initial policy before the first update, and a summary table plus one
 JSON line (``gen_acc_before``, ``gen_acc_after``, ``crit_acc_before``, ``crit_acc_after``, ...).
 """
 
@@ -57,12 +57,10 @@ class Evaluation(Callback):
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Runs the module's evaluation over the DataModule's evaluation items outside a loop."""
-        datamodule = trainer.datamodule
-        datamodule.prepare_engine(pl_module)
         with torch.no_grad():
-            for index, batch in enumerate(datamodule.val_dataloader()):
+            for index, batch in enumerate(trainer.datamodule.val_dataloader()):
                 pl_module.validation_step(batch, index)
-        metrics = pl_module.compute_eval_metrics()
+        metrics = pl_module.eval_metrics.compute(trainer)
         self._evaluated_at_step = trainer.global_step
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

@@ -6,11 +6,12 @@ import math
 import random
 from collections import defaultdict
 from fractions import Fraction
-from typing import Any
 
 from lightning.pytorch import Trainer
 
 from sorl.callbacks.base import RolloutCallback
+from sorl.rollout import Round, RolloutContext
+from sorl.sampler import derive_seed
 from sorl.tasks.base import CritiqueExample
 
 
@@ -42,8 +43,8 @@ class LabelBalancing(RolloutCallback):
         self.target_right_share = target_right_share
         self.seed = seed
 
-    def on_cache_update(self, trainer: Trainer, datamodule: Any, round: Any) -> None:
-        rng = random.Random(self.seed * 1_000_003 + round.index * 7_919 + trainer.global_rank)
+    def on_cache_update(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
+        rng = random.Random(derive_seed(self.seed, "label_balancing", round.index, context.rank))
         pairs = round.candidates
         if self.per_question:
             pairs = balance_per_question(pairs, self.pairs_per_label, rng)

@@ -9,6 +9,9 @@ from typing import Any, Literal
 from lightning.pytorch import Trainer
 
 from sorl.callbacks.base import RolloutCallback
+from sorl.rewards import is_right
+from sorl.rollout import Round, RolloutContext
+from sorl.sampler import derive_seed
 
 TOTALS = ("checked", "refinements", "refinements_right", "rewards_changed")
 
@@ -61,23 +64,23 @@ class RewardDenoising(RolloutCallback):
         self.seed = seed
         self.totals = dict.fromkeys(TOTALS, 0)
 
-    def on_critiques_scored(self, trainer: Trainer, datamodule: Any, round: Any) -> None:
+    def on_critiques_scored(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
         if self.strategy == "none":
             round.metrics["denoise/checked"] = 0.0
             return
         started = time.perf_counter()
         rewarded = [s for s in round.critiques if s.reward > 0]
         if self.max_critiques is not None and len(rewarded) > self.max_critiques:
-            rng = random.Random(self.seed * 1_000_003 + round.index * 7_919 + trainer.global_rank)
+            rng = random.Random(derive_seed(self.seed, "denoise_choice", round.index, context.rank))
             chosen = sorted(rng.sample(range(len(rewarded)), self.max_critiques))
             rewarded = [rewarded[i] for i in chosen]
-        task = datamodule.task
+        task = context.task
         right = changed = 0
         if rewarded:  # no generate call (and no engine work) for a round without rewarded critiques
             prompts = [task.refinement_prompt(s.question, s.pair.response, s.completion.text) for s in rewarded]
-            refinements = datamodule.generate(prompts, self.num_refinements, datamodule.sampling, phase=2)
+            refinements = context.generate(prompts, self.num_refinements, context.response_sampling, "refinements", round.index)
             for sample, completions in zip(rewarded, refinements):
-                num_right = sum(task.verify(sample.question, c.text) >= 1.0 for c in completions)
+                num_right = sum(is_right(task.verify(sample.question, c.text)) for c in completions)
                 share_right = num_right / len(completions)
                 right += num_right
                 reward = sample.reward * (self.min_scale + (1.0 - self.min_scale) * share_right)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from lightning.pytorch import Trainer
 
 from sorl.callbacks.base import RolloutCallback
+from sorl.rollout import Round, RolloutContext
 from sorl.tasks.base import Question
 
 
@@ -27,8 +28,8 @@ class RewardNoise(RolloutCallback):
     ``strategy: none``) to measure raw ones.
     """
 
-    def on_critiques_scored(self, trainer: Trainer, datamodule: Any, round: Any) -> None:
-        task = datamodule.task
+    def on_critiques_scored(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
+        task = context.task
         if not isinstance(task, StepOracleTask):
             raise TypeError(
                 f"RewardNoise needs a task with critique_analysis_correct(question, response, critique); "

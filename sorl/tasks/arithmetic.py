@@ -152,11 +152,11 @@ class ArithmeticTask:
 
     # ---- prompts ---------------------------------------------------------------------------------
 
-    def answer_prompt(self, question: Question) -> str:
+    def response_prompt(self, question: Question) -> str:
         return f"Q:{question.text}\nS:"
 
     def critique_prompt(self, question: Question, response: str) -> str:
-        return f"{self.answer_prompt(question)}{response}\nC:"
+        return f"{self.response_prompt(question)}{response}\nC:"
 
     def refinement_prompt(self, question: Question, response: str, critique: str) -> str:
         return f"{self.critique_prompt(question, response)}{critique}\nF:"
@@ -262,7 +262,7 @@ class ArithmeticTask:
         for kind in kinds:
             q = rng.choice(train)
             if kind == "solution":
-                examples.append((self.answer_prompt(q), self.solution(q)))
+                examples.append((self.response_prompt(q), self.solution(q)))
             elif kind == "critique":
                 response = self.solution(q) if critiques_made % 2 == 0 else self.inject_error(q, rng)
                 critiques_made += 1

@@ -38,7 +38,7 @@ class Task(Protocol):
     def critique_eval_set(self) -> list[CritiqueExample]:
         """A label-balanced critique set whose responses do not come from the trained policy."""
 
-    def answer_prompt(self, question: Question) -> str: ...
+    def response_prompt(self, question: Question) -> str: ...
 
     def critique_prompt(self, question: Question, response: str) -> str:
         """Holds the question and the response, never the gold answer."""

@@ -318,7 +318,7 @@ class MathTask:
 
     # ---- prompts ---------------------------------------------------------------------------------
 
-    def answer_prompt(self, question: Question) -> str:
+    def response_prompt(self, question: Question) -> str:
         return fill(self.answer_template, question=question.text)
 
     def critique_prompt(self, question: Question, response: str) -> str:
