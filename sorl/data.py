@@ -152,6 +152,12 @@ class RolloutDataModule(LightningDataModule):
         ]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if responses_per_question < 2:  # one response: no group spread, no right/wrong pair to critique
+            raise ValueError(
+                f"responses_per_question must be >= 2, got {responses_per_question}: advantages are relative to "
+                "the other responses to the same question, so a single response always gets advantage 0 "
+                "(and no question can give both a right and a wrong response to critique)"
+            )
         self.task = task
         self.engine = engine if engine is not None else HFEngine()
         self.questions_per_round = questions_per_round
@@ -186,6 +192,15 @@ class RolloutDataModule(LightningDataModule):
         self._resumed_round: tuple[list[dict[str, Any]], int] | None = None  # (remaining batches, skipped)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        # Checked here, where the module's mode is known: g_rl samples no critiques.
+        if stage == "fit" and self.trainer.lightning_module.mode != "g_rl" and self.critiques_per_response < 2:
+            raise ValueError(
+                f"critiques_per_response must be >= 2 in mode {self.trainer.lightning_module.mode}, got "
+                f"{self.critiques_per_response}: a critique's advantage is relative to the other critiques of "
+                "the same response, so a single critique always gets advantage 0 (use mode g_rl to train no critiques)"
+            )
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         if trainer.reload_dataloaders_every_n_epochs != 1:
