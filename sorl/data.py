@@ -128,15 +128,22 @@ class RolloutDataModule(LightningDataModule):
         super().__init__()
         if mode not in ("g_rl", "c_rl", "gc_rl"):
             raise ValueError(f"mode must be g_rl, c_rl or gc_rl, got {mode!r}")
-        minimums = [("questions_per_round", questions_per_round, 1), ("batch_size", batch_size, 1), ("passes_per_round", passes_per_round, 1)]
-        # a group of one sample has no spread: every advantage would be 0 and nothing would train
-        minimums.append(("responses_per_question", responses_per_question, 2))
-        if mode != "g_rl":
-            minimums.append(("critiques_per_response", critiques_per_response, 2))
-        for name, value, minimum in minimums:
-            if value < minimum:
-                reason = " (advantages are relative within a group)" if minimum == 2 else ""
-                raise ValueError(f"{name} must be >= {minimum}{reason}, got {value}")
+        for name, value in [("questions_per_round", questions_per_round), ("batch_size", batch_size), ("passes_per_round", passes_per_round)]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        # Advantages are relative within a group: a group of one sample always gets advantage 0.
+        if responses_per_question < 2:
+            raise ValueError(
+                f"responses_per_question must be >= 2, got {responses_per_question}: advantages are relative to "
+                "the other responses to the same question, so a single response always gets advantage 0 "
+                "(and no question can give both a right and a wrong response to critique)"
+            )
+        if mode != "g_rl" and critiques_per_response < 2:
+            raise ValueError(
+                f"critiques_per_response must be >= 2 in mode {mode}, got {critiques_per_response}: a critique's "
+                "advantage is relative to the other critiques of the same response, so a single critique always "
+                "gets advantage 0 (mode g_rl trains no critiques)"
+            )
         self.task = task
         self.engine = engine if engine is not None else HFEngine()
         self.mode = mode

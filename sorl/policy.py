@@ -30,29 +30,42 @@ def load_policy(
         config = dict(config)
         model_config = AutoConfig.for_model(config.pop("model_type"), **config)
         return AutoModelForCausalLM.from_config(model_config, dtype=torch_dtype)
-    folder, gguf_file = _split_gguf(path or EMBEDDED_POLICY)
+    folder, gguf_file = _local_source(path or EMBEDDED_POLICY)
     return AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        folder, gguf_file=gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=True
     )
 
 
 def load_tokenizer(path: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a local folder or ``.gguf`` file; a missing pad token becomes EOS."""
-    folder, gguf_file = _split_gguf(path or EMBEDDED_POLICY)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    folder, gguf_file = _local_source(path or EMBEDDED_POLICY)
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code, local_files_only=True
+    )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
 
 
-def _split_gguf(path: str) -> tuple[str, str | None]:
-    """(folder, gguf file name) for a ``.gguf`` path, (path, None) otherwise."""
+def _local_source(path: str) -> tuple[str, str | None]:
+    """(folder, gguf file name) for a ``.gguf`` file, (folder, None) for a folder.
+
+    sorl never downloads at run time, so anything else is an error that names the path (rather
+    than transformers' "Repo id must be in the form ..." for a path it took for a hub name).
+    """
     if path.endswith(".gguf"):
         gguf = Path(path)
         if not gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
         return str(gguf.parent), gguf.name
+    if not Path(path).is_dir():
+        problem = "is a file, not a folder or a .gguf file" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"model folder {path} {problem}: sorl loads models and tokenizers only from a local folder "
+            "(with config.json) or a .gguf file, and never downloads from a hub; fix the path, or "
+            "download the model first (e.g. `hf download NAME --local-dir DIR`) and pass DIR"
+        )
     return path, None
 
 

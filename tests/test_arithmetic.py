@@ -105,7 +105,8 @@ def test_critique_prompt_hides_gold(task):
         ("A:-", 0.0),
         ("-10", 0.0),
         ("A:" + "1" * 100, 0.0),
-        ("x" * 5000 + "A:-10", 0.0),  # beyond the parse cap
+        ("x" * 5000 + "A:-10", 1.0),  # the end is read, however long the response
+        ("A:-10" + "x" * 5000, 0.0),  # an answer further than the parse cap from the end
     ],
 )
 def test_verify(response, reward):
@@ -141,7 +142,8 @@ def test_verify_overlong_number_not_truncated():
         ("V: wrong", False),
         ("V:Right", None),  # case-sensitive
         ("v:right", None),
-        ("V:" + "x" * 5000 + "V:right", None),  # beyond the parse cap
+        ("V:" + "x" * 5000 + "V:right", True),  # the end is read, however long the critique
+        ("V:right " + "x " * 2500, None),  # a verdict further than the parse cap from the end
     ],
 )
 def test_parse_verdict_task(text, verdict):
@@ -155,6 +157,27 @@ def test_parse_verdict_generic():
     assert parse_verdict("Verdict: yes", right="yes", wrong="no") is True
     assert parse_verdict("V:right") is None  # default prefix is Verdict:
     assert parse_verdict("[v] right", prefix="[v]") is True  # prefix is escaped
+
+
+def test_parse_verdict_reads_the_end_of_a_long_critique():
+    """The last verdict counts however long the critique: its end is read, not its first 4096 chars."""
+    long_critique = "The response adds 3 and 4. " * 177 + "Verdict: wrong"
+    assert len(long_critique) == 4793 and parse_verdict(long_critique) is False
+    flip = "Verdict: right\n" + "Checking step 2 again. " * 180 + "\nVerdict: wrong"
+    assert parse_verdict(flip) is False
+    assert ArithmeticTask().parse_verdict("V:right;" + "x" * 4100 + ";V:wrong") is False
+
+
+def test_arithmetic_answer_is_read_from_the_end():
+    task = ArithmeticTask()
+    q = Question("q", "1+2", "3")  # any question text; the task's own questions are not drawn
+    assert task.verify(q, "A:5;" + "1+1=2;" * 800 + "A:3") == 1.0
+    assert task.verify(q, "A:3;" + "1+1=2;" * 800 + "A:5") == 0.0
+    # a correct prefix followed by a long tail is not a correct step-by-step response or critique
+    assert not task.response_steps_correct(q, "1+2=3;A:3" + " " * 5000 + "junk")
+    critique = task.critique(q, "1+2=3;A:3")
+    assert not task.critique_analysis_correct(q, "1+2=3;A:3", critique + " " * 5000 + "junk")
+    assert task.critique_analysis_correct(q, "1+2=3;A:3", critique + "\n")
 
 
 def test_critique_reward():

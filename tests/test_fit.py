@@ -40,7 +40,7 @@ def test_plain_trainer_without_cli(tmp_path):
     task = ArithmeticTask(num_eval=8)
     module = GCRLModule(optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
     datamodule = RolloutDataModule(
-        task, questions_per_round=8, responses_per_question=4, critique_pairs_per_round=4, critiques_per_response=4
+        task, questions_per_round=16, responses_per_question=4, critique_pairs_per_round=4, critiques_per_response=4
     )
     trainer = Trainer(
         max_epochs=1,
@@ -53,7 +53,7 @@ def test_plain_trainer_without_cli(tmp_path):
     )
     trainer.fit(module, datamodule)
     round_ = datamodule.last_round
-    assert len(round_.responses) == 32 and round_.critiques
+    assert len(round_.responses) == 64 and round_.critiques
     assert {s.group for s in round_.critiques}.isdisjoint({s.group for s in round_.responses})
     # balanced cache: as many right as wrong pairs
     assert sum(p.is_right for p in datamodule.cache) * 2 == len(datamodule.cache)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -32,7 +35,10 @@ class HFEngine:
     """Batched sampling with ``model.generate`` (left padding, KV cache).
 
     It samples from the very modules being trained, so ``sync_weights`` has nothing to do.
-    Top-k is off so that the sampling distribution is the one the loss differentiates.
+    Top-k is off so that the sampling distribution is the one the loss differentiates. For the same
+    reason the model folder's ``generation_config.json`` (a repetition penalty, top-k, min-p, ...)
+    is ignored: only ``SamplingParams`` and the model's EOS ids shape what is sampled (see
+    :func:`_library_defaults`).
     """
 
     def __init__(self, max_batch_rows: int = 512) -> None:
@@ -73,7 +79,7 @@ class HFEngine:
         results: list[list[Completion]] = []
         prompts_per_call = max(1, self.max_batch_rows // n)
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), _library_defaults(policy):
                 if seed is not None:
                     torch.manual_seed(seed)
                 for start in range(0, len(prompt_ids), prompts_per_call):
@@ -101,6 +107,24 @@ class HFEngine:
         finally:
             policy.train(was_training)
         return results
+
+
+@contextmanager
+def _library_defaults(policy: PreTrainedModel) -> Iterator[None]:
+    """Within the block, ``policy.generation_config`` is a blank ``GenerationConfig``; restored after.
+
+    ``generate`` fills every setting its ``generation_config`` argument leaves unset with the
+    model's own (Qwen2.5 ships temperature 0.7, top_p 0.8, repetition_penalty 1.05), and some of
+    them (min_p, top_h, watermarking) have no explicit "off" value to pass instead. Swapping the
+    model's config for the call leaves only transformers' neutral library defaults, so the engine
+    samples the distribution the trainer scores. The user's config object is put back unchanged.
+    """
+    saved = policy.generation_config
+    policy.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        policy.generation_config = saved
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

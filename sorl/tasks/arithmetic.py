@@ -55,9 +55,10 @@ def _format(steps: list[Step], final: int) -> str:
 
 
 def _answer(response: str) -> int | None:
-    """The value of the last ``A:`` in the response, or None."""
+    """The value of the last ``A:`` in the response, or None. Reads the response's end, where the
+    answer is: a long response keeps its final answer."""
     last = None
-    for match in _ANSWER_RE.finditer(response[:MAX_PARSE_CHARS]):
+    for match in _ANSWER_RE.finditer(response[-MAX_PARSE_CHARS:]):
         last = match.group(1)
     return None if last is None else int(last)
 
@@ -180,7 +181,7 @@ class ArithmeticTask:
 
     def critique(self, question: Question, response: str) -> str:
         """The correct critique of any response string, malformed ones included."""
-        segments = response[:MAX_PARSE_CHARS].split(";")
+        segments = response[:MAX_PARSE_CHARS].split(";")  # steps begin the response; the answer is read from its end
         parts = []
         for j, (a, op, b, c) in enumerate(self.steps(question.text)):
             match = _STEP_RE.fullmatch(segments[j].strip()) if j < len(segments) else None
@@ -217,8 +218,10 @@ class ArithmeticTask:
     def response_steps_correct(self, question: Question, response: str) -> bool:
         """Every step present and well-formed, chained from the question and the previous result,
         arithmetic right, and the final ``A:`` equal to the last result."""
+        if len(response) > MAX_PARSE_CHARS:  # a correct response is far shorter; don't read a prefix
+            return False
         correct = self.steps(question.text)
-        segments = response[:MAX_PARSE_CHARS].strip().split(";")
+        segments = response.strip().split(";")
         if len(segments) != len(correct) + 1:
             return False
         for segment, step in zip(segments, correct):
@@ -230,7 +233,8 @@ class ArithmeticTask:
 
     def critique_analysis_correct(self, question: Question, response: str, critique: str) -> bool:
         """Whether every re-derived value, copied value, mark and the verdict are right."""
-        return critique[:MAX_PARSE_CHARS].strip() == self.critique(question, response)
+        # plain string equality (no regex), over the whole critique: trailing text makes it wrong
+        return critique.strip() == self.critique(question, response)
 
     def critique_eval_set(self) -> list[CritiqueExample]:
         """Per eval question, the correct solution and one injected error: label-balanced."""

@@ -1,0 +1,88 @@
+"""HFEngine samples the distribution the trainer scores, whatever the model folder's
+``generation_config.json`` says (transformers would otherwise fill unset settings from it)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sorl.engines import HFEngine, SamplingParams
+from sorl.policy import EMBEDDED_POLICY, completion_logprobs, load_policy, load_tokenizer
+from sorl.tasks import ArithmeticTask
+
+# Each of these changes what transformers' generate samples when the caller leaves it unset.
+HOSTILE_GENERATION_CONFIG = {
+    "do_sample": True,
+    "temperature": 0.05,
+    "top_p": 0.5,
+    "top_k": 3,
+    "min_p": 0.3,
+    "repetition_penalty": 2.0,
+    "no_repeat_ngram_size": 2,
+    "min_new_tokens": 12,
+    "suppress_tokens": [3],
+}
+
+
+@pytest.fixture
+def hostile_policy_dir(tmp_path: Path) -> str:
+    """The embedded policy with a generation_config.json that sets every sampling knob."""
+    path = tmp_path / "policy"
+    shutil.copytree(EMBEDDED_POLICY, path)
+    config_file = path / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, **HOSTILE_GENERATION_CONFIG}))
+    return str(path)
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    task = ArithmeticTask()
+    questions = task.eval_questions()[:4]
+    return [tokenizer(task.answer_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+
+
+@torch.no_grad()
+def _argmax_decode(model, prompt: list[int], eos_id: int, max_new_tokens: int) -> list[int]:
+    """Greedy decoding by hand: one full forward pass per token, no generate, no cache."""
+    ids = list(prompt)
+    for _ in range(max_new_tokens):
+        token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        ids.append(token)
+        if token == eos_id:
+            break
+    return ids[len(prompt) :]
+
+
+def test_hf_engine_greedy_ignores_the_model_generation_config(hostile_policy_dir):
+    model, tokenizer = load_policy(hostile_policy_dir).eval(), load_tokenizer(hostile_policy_dir)
+    assert model.generation_config.repetition_penalty == 2.0  # the folder's settings were loaded
+    engine = HFEngine()
+    engine.setup(model, tokenizer)
+    prompts = _prompts(tokenizer)
+    groups = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=32))
+    for prompt, group in zip(prompts, groups):
+        assert group[0].token_ids == _argmax_decode(model, prompt, tokenizer.eos_token_id, 32)
+    assert any(group[0].finish_reason == "stop" for group in groups)  # EOS ids still come from the model
+    # the user's generation config is put back, unchanged
+    assert model.generation_config.repetition_penalty == 2.0 and model.generation_config.top_k == 3
+
+
+def test_hf_engine_sampled_logprobs_match_the_trainer(hostile_policy_dir):
+    model, tokenizer = load_policy(hostile_policy_dir).eval(), load_tokenizer(hostile_policy_dir)
+    engine = HFEngine()
+    engine.setup(model, tokenizer)
+    prompts = _prompts(tokenizer)
+    temperature = 0.8
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=32, logprobs=True)
+    groups = engine.generate(prompts, 4, sampling, seed=3)
+    distinct = set()
+    for prompt, group in zip(prompts, groups):
+        for completion in group:
+            distinct.add(tuple(completion.token_ids))
+            ids = torch.tensor([prompt + completion.token_ids])
+            completion_ids = torch.tensor([completion.token_ids])
+            trainer, _ = completion_logprobs(model, ids, torch.ones_like(ids), completion_ids, temperature)
+            torch.testing.assert_close(torch.tensor(completion.logprobs), trainer[0], atol=1e-4, rtol=0)
+    assert len(distinct) > len(prompts)  # it sampled (the folder's temperature 0.05 would be near-greedy)
