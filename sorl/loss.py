@@ -214,9 +214,10 @@ def sequence_logprobs_from_logits(
     """Log-probs of ``target_ids`` under ``softmax(logits / temperature)``, and per-token entropy.
 
     Dividing by the sampling temperature makes the log-probs match those of the sampler. Math is
-    in float32 whatever the input dtype. Memory: this materialises a float32 [B, T, V] copy of
-    the logits and a [B, T, V] log-softmax that autograd keeps for backward (~8*B*T*V bytes); the
-    entropy is computed under ``no_grad`` so its [B, T, V] intermediates are freed at once.
+    in float32 whatever the input dtype. Memory: autograd keeps the [B, T, V] float32 log-softmax
+    (4*B*T*V bytes) and the float32 copies around it make the peak several times that; the
+    entropy is computed under ``no_grad`` so its [B, T, V] intermediates are freed at once. For
+    long completions and large vocabularies use :func:`chunked_logprobs_from_hidden`.
 
     Args:
         logits (Tensor): [B, T, V] logits aligned with ``target_ids`` (already shifted).
@@ -250,8 +251,8 @@ def chunked_logprobs_from_hidden(
     entropy, and autograd keeps only the chunk's inputs (a view of ``hidden``, and ``weight``,
     which is the parameter itself); the backward recomputes the chunk's logits
     (``torch.utils.checkpoint``, non-reentrant, so autocast is replayed as it was). Memory kept for
-    backward is thus O(B*T*H) instead of ~8*B*T*V bytes, and a chunk's transient peak is about
-    16*chunk_size*V bytes. Values and gradients are those of the unchunked code up to float
+    backward is thus O(B*T*H) instead of 4*B*T*V bytes (the float32 log-softmax), and a chunk's
+    transient peak is about (16 + bytes of the logits' dtype)*chunk_size*V bytes. Values and gradients are those of the unchunked code up to float
     summation order (the weight's gradient is a sum over chunks). The cost: one more output
     projection per chunk in the backward.
 
