@@ -5,6 +5,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 _AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
@@ -218,9 +219,10 @@ def sequence_logprobs_from_logits(
     """Log-probs of ``target_ids`` under ``softmax(logits / temperature)``, and per-token entropy.
 
     Dividing by the sampling temperature makes the log-probs match those of the sampler. Math is
-    in float32 whatever the input dtype. Memory: this materialises a float32 [B, T, V] copy of
-    the logits and a [B, T, V] log-softmax that autograd keeps for backward (~8*B*T*V bytes); the
-    entropy is computed under ``no_grad`` so its [B, T, V] intermediates are freed at once.
+    in float32 whatever the input dtype. Memory: autograd keeps the [B, T, V] float32 log-softmax
+    (4*B*T*V bytes) and the float32 copies around it make the peak several times that; the
+    entropy is computed under ``no_grad`` so its [B, T, V] intermediates are freed at once. For
+    long completions and large vocabularies use :func:`chunked_logprobs_from_hidden`.
 
     Args:
         logits (Tensor): [B, T, V] logits aligned with ``target_ids`` (already shifted).
@@ -237,3 +239,69 @@ def sequence_logprobs_from_logits(
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T]
     return logprobs, entropy
+
+
+def chunked_logprobs_from_hidden(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target_ids: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sequence_logprobs_from_logits` of ``F.linear(hidden, weight, bias)``, a chunk of tokens at a time.
+
+    The logits are never held for the whole batch: each chunk of ``chunk_size`` token positions
+    goes through the output projection, float32 log-softmax (after the temperature), gather and
+    entropy, and autograd keeps only the chunk's inputs (a view of ``hidden``, and ``weight``,
+    which is the parameter itself); the backward recomputes the chunk's logits
+    (``torch.utils.checkpoint``, non-reentrant, so autocast is replayed as it was). Memory kept for
+    backward is thus O(B*T*H) instead of 4*B*T*V bytes (the float32 log-softmax), and a chunk's
+    transient peak is about (16 + bytes of the logits' dtype)*chunk_size*V bytes. Values and gradients are those of the unchunked code up to float
+    summation order (the weight's gradient is a sum over chunks). The cost: one more output
+    projection per chunk in the backward.
+
+    Args:
+        hidden (Tensor): [B, T, H] final hidden states aligned with ``target_ids`` (already shifted).
+        weight (Tensor): [V, H] output projection (``lm_head.weight``; tied embeddings are fine).
+        bias (Tensor | None): [V] output bias, if any.
+        target_ids (Tensor): [B, T] long token ids.
+        temperature (float): sampling temperature, > 0.
+        chunk_size (int): token positions (over B*T, row-major) per chunk, >= 1.
+
+    Returns:
+        tuple[Tensor, Tensor]: [B, T] float32 log-probs (with grad) and [B, T] entropy (no grad).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    batch, length = target_ids.shape
+    flat_hidden = hidden.reshape(batch * length, hidden.shape[-1])  # [N, H]
+    flat_targets = target_ids.reshape(batch * length)  # [N]
+    # Checkpoint only where a gradient will be asked for; under no_grad (old/reference logprobs) run plainly.
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (flat_hidden, weight, bias)
+    )
+    logprobs, entropy = [], []
+    for start in range(0, batch * length, chunk_size):
+        args = (flat_hidden[start : start + chunk_size], weight, bias, flat_targets[start : start + chunk_size], temperature)
+        if needs_grad:
+            chunk_logprobs, chunk_entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        else:
+            chunk_logprobs, chunk_entropy = _chunk_logprobs(*args)
+        logprobs.append(chunk_logprobs)  # [c]
+        entropy.append(chunk_entropy)
+    if not logprobs:  # no token at all
+        empty = hidden.new_zeros((batch, length), dtype=torch.float32)
+        return empty, empty.clone()
+    return torch.cat(logprobs).view(batch, length), torch.cat(entropy).view(batch, length)
+
+
+def _chunk_logprobs(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, target_ids: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """One chunk: [c, H] hidden states, [c] targets -> [c] log-probs and [c] entropy."""
+    logits = F.linear(hidden, weight, bias)  # [c, V], in autocast's dtype when autocast is on
+    logprobs, entropy = sequence_logprobs_from_logits(logits[None], target_ids[None], temperature)  # [1, c]
+    return logprobs[0], entropy[0]

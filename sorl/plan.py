@@ -1,0 +1,425 @@
+"""Per-GPU memory estimate of a config, before anything runs.
+
+    python -m sorl.plan --config configs/qwen2.5_7b_gc_rl_gpu.yaml --world-size 8 --gpu-memory-gib 80
+
+prints each part of the estimate and the total against the GPU's memory, and as its last line a
+JSON object (``per_gpu_gib``, ``fits``, ``parts``, ...). Nothing is downloaded or loaded: the YAML
+files are read as data (``yaml.safe_load``, later ``--config`` files merged over earlier ones as
+LightningCLI does), and the model's architecture comes from ``--model-config`` (a config.json),
+``model.init_args.model_config``, the ``config.json`` of a local ``model`` folder, or, for a model
+that is not on this machine, :data:`KNOWN_ARCHITECTURES` by the folder's name (the shipped GPU
+configs name ``/models/Qwen2.5-7B-Instruct``). A table rather than ``model_config`` in the YAML,
+because ``GCRLModule(model_config=...)`` builds a fresh, randomly initialised model: it cannot
+describe a pretrained one.
+
+The model (all sizes per GPU, in bytes; N parameters, W ranks, S = W under FSDP and 1 otherwise,
+p = bytes of the parameters' dtype (``model.init_args.dtype``), a = bytes of the compute dtype
+(2 under bf16/16 precision, else p), B = ``data.batch_size``, T = the longest trained sequence,
+C = the most completion positions of one kind, V vocabulary, L layers, H hidden size):
+
+- parameters N*p/S. With ``dtype: float32`` and ``bf16-mixed`` they are the fp32 master weights;
+  with ``dtype: bfloat16`` there are none (updates round in bf16).
+- gradients N*p/S, in the parameters' dtype (FSDP reduce-scatters them into the shard's dtype);
+  under DDP with W > 1 twice that (DDP's gradient buckets are copies by default).
+- optimizer: AdamW's two states per parameter, in the parameters' dtype (torch's AdamW), 2*N*p/S.
+- reference model (only when ``loss.init_args.beta > 0``): N*p/S.
+- gathered parameters (FSDP): the units being computed are all-gathered in a, and their gradients
+  are whole until reduce-scattered: 2 x (root unit + 2 decoder layers) x a with an
+  ``auto_wrap_policy``; without one the whole model is one unit: 2*N*a. DDP with a != p keeps
+  autocast's N*a copies of the weights for the backward instead.
+- activations: B*T tokens per micro-batch, all rows assumed as long as a critique
+  (T = prompt + critique template + response + critique, capped at the engine's max_model_len or
+  the model's max_position_embeddings).
+  Per token and layer a decoder layer keeps 2*(4H + aH) (two RMSNorms, fp32 inside) +
+  a*(2*q_dim + 2*kv_dim) (q, k, v, attention output; flash/efficient attention, no T x T) +
+  4*a*I (SwiGLU). With gradient checkpointing: the L layer inputs (B*T*H*r, r = a under FSDP,
+  whose gathered weights are in a, else p: the residual stream's dtype) plus one layer's
+  activations for its recomputation.
+- logprobs: ~(16 + a) bytes per logit while the float32 log-softmax, its gradient and the
+  entropy's temporaries live: (16 + a)*B*C*V unchunked, (16 + a)*min(chunk, B*C)*V chunked
+  (``sorl.policy.completion_logprobs``; SFT's loss is unchunked and over all T positions).
+- vLLM (``VLLMEngine``, one engine per rank, all the time: no sleep mode): with
+  ``kv_cache_gib: null`` it takes ``gpu_memory_utilization`` x the GPU (weights, KV cache, its own
+  activations); otherwise its weights (N x its dtype) + ``kv_cache_gib`` (its activations and
+  CUDA graphs, ~1-2 GiB, are not counted).
+- rollout phase: under FSDP every rank gathers the whole policy in p for sampling and the weight
+  sync (N*p*(S-1)/S more than its shard); ``HFEngine`` also keeps a KV cache of
+  ``max_batch_rows`` sequences.
+
+Total = parameters + optimizer + reference + vLLM + max(training step, rollout phase). Not
+counted: the CUDA context and allocator fragmentation (keep ~10% free), HYBRID_SHARD's node-local
+sharding (counted as FULL_SHARD), optimizers other than Adam-like (counted as two states).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sorl.budgets import check_length_budgets
+
+GIB = 2**30
+
+#: Public config.json values of models the shipped configs name but this machine need not hold,
+#: keyed by lower-case name without "-Instruct" (matched against the model folder's or file's name).
+KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "qwen2.5-1.5b": dict(
+        model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
+    ),
+    "qwen2.5-7b": dict(
+        model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_position_embeddings=32768,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
+    ),
+}
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers of a decoder-only transformer (Llama/Qwen2-style: SwiGLU MLP, RMSNorm, GQA)
+    that memory depends on. Biases are left out (under 0.1% of the parameters)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    head_dim: int
+    max_position_embeddings: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Architecture:
+        """From a config.json's values; missing ones take transformers' defaults for its model_type."""
+        from transformers import AutoConfig
+
+        values = dict(config)
+        full = AutoConfig.for_model(values.pop("model_type"), **values).to_dict()
+        heads = full["num_attention_heads"]
+        return cls(
+            hidden_size=full["hidden_size"],
+            intermediate_size=full["intermediate_size"],
+            num_hidden_layers=full["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=full.get("num_key_value_heads") or heads,
+            vocab_size=full["vocab_size"],
+            tie_word_embeddings=full["tie_word_embeddings"],
+            head_dim=full.get("head_dim") or full["hidden_size"] // heads,
+            max_position_embeddings=full["max_position_embeddings"],
+        )
+
+    @property
+    def layer_parameters(self) -> int:
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * h  # q, k, v, o, SwiGLU, 2 norms
+
+    @property
+    def root_parameters(self) -> int:
+        """Embeddings, the output head when untied, the final norm: what no decoder layer holds."""
+        embeddings = self.vocab_size * self.hidden_size
+        return embeddings * (1 if self.tie_word_embeddings else 2) + self.hidden_size
+
+    @property
+    def num_parameters(self) -> int:
+        return self.root_parameters + self.num_hidden_layers * self.layer_parameters
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+
+    def activation_bytes_per_token_and_layer(self, a: int) -> int:
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return 2 * (4 * h + a * h) + a * (2 * q + 2 * kv) + 4 * a * self.intermediate_size
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a run's memory depends on, read from a config (see :func:`setting_from_config`)."""
+
+    world_size: int
+    fsdp: bool
+    auto_wrap: bool  # FSDP units per decoder layer (an auto_wrap_policy); else the model is one unit
+    param_bytes: int  # p
+    compute_bytes: int  # a
+    gradient_checkpointing: bool
+    reference: bool
+    training: bool  # False for a sampling-only config (critique sets)
+    micro_batch: int  # B
+    sequence_tokens: int  # T
+    completion_tokens: int  # C
+    logprob_chunk: int | None  # None: unchunked
+    vllm: bool
+    vllm_param_bytes: int
+    gpu_memory_utilization: float
+    kv_cache_gib: float | None
+    hf_generation_rows: int  # HFEngine's rows per generate call (0 with vLLM or no rollouts)
+
+
+def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> dict[str, int]:
+    """Each part of the per-GPU estimate in bytes (see the module docstring), with the chosen
+    activation and logprob variants in ``activations`` and ``logprobs`` and the others alongside."""
+    n, p, a = arch.num_parameters, setting.param_bytes, setting.compute_bytes
+    shards = setting.world_size if setting.fsdp else 1
+    tokens = setting.micro_batch * setting.sequence_tokens
+    per_layer = arch.activation_bytes_per_token_and_layer(a) * tokens
+    residual = a if setting.fsdp else p
+    logits = setting.micro_batch * setting.completion_tokens * arch.vocab_size
+    parts = {
+        "parameters": n * p // shards,
+        "optimizer": 2 * n * p // shards,
+        "reference": n * p // shards if setting.reference else 0,
+        "gradients": n * p // shards * (2 if not setting.fsdp and setting.world_size > 1 else 1),
+        "gathered_parameters": 0,
+        "activations_checkpointed": arch.num_hidden_layers * tokens * arch.hidden_size * residual + per_layer,
+        "activations_full": arch.num_hidden_layers * per_layer,
+        "logprobs_full": (16 + a) * logits,
+        "logprobs_chunked": (16 + a) * min(setting.logprob_chunk or logits, setting.micro_batch * setting.completion_tokens) * arch.vocab_size,
+        "vllm_weights": 0,
+        "vllm_kv_cache": 0,
+        "rollout_gathered_policy": n * p * (shards - 1) // shards,
+        "hf_kv_cache": setting.hf_generation_rows * setting.sequence_tokens * arch.kv_bytes_per_token(a),
+    }
+    if setting.fsdp:
+        unit = n if not setting.auto_wrap else arch.root_parameters + 2 * arch.layer_parameters
+        parts["gathered_parameters"] = 2 * unit * a
+    elif a != p:
+        parts["gathered_parameters"] = n * a  # autocast's low-precision weight copies, kept for backward
+    if setting.vllm:
+        parts["vllm_weights"] = n * setting.vllm_param_bytes
+        if setting.kv_cache_gib is None:
+            parts["vllm_kv_cache"] = max(0, int(setting.gpu_memory_utilization * gpu_memory_gib * GIB) - parts["vllm_weights"])
+        else:
+            parts["vllm_kv_cache"] = int(setting.kv_cache_gib * GIB)
+    if not setting.training:
+        for name in ("optimizer", "reference", "gradients", "gathered_parameters", "activations_checkpointed",
+                     "activations_full", "logprobs_full", "logprobs_chunked"):
+            parts[name] = 0
+    parts["activations"] = parts["activations_checkpointed" if setting.gradient_checkpointing else "activations_full"]
+    parts["logprobs"] = parts["logprobs_full" if setting.logprob_chunk is None else "logprobs_chunked"]
+    parts["training_step"] = parts["gradients"] + parts["gathered_parameters"] + parts["activations"] + parts["logprobs"]
+    parts["rollout_phase"] = parts["rollout_gathered_policy"] + parts["hf_kv_cache"]
+    parts["total"] = (
+        parts["parameters"] + parts["optimizer"] + parts["reference"] + parts["vllm_weights"] + parts["vllm_kv_cache"]
+        + max(parts["training_step"], parts["rollout_phase"])
+    )
+    return parts
+
+
+# ---------------------------------------------------------------------------------- reading configs
+def load_config(paths: list[str]) -> dict[str, Any]:
+    """The YAML files merged in order (later ones override; nested dicts merge, as LightningCLI's
+    ``--config`` does; a changed ``class_path`` replaces its ``init_args``)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = _merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in overlay.items():
+        old = result.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            if "class_path" in value and value["class_path"] != old.get("class_path"):
+                old = {}
+            result[key] = _merge(old, value)
+        else:
+            result[key] = value
+    return result
+
+
+def architecture_of(config: dict[str, Any], model_config_file: str | None = None) -> Architecture:
+    """The policy's architecture, without downloading: ``model_config_file`` (a config.json), the
+    config's ``model_config``, a local folder's config.json, else :data:`KNOWN_ARCHITECTURES`."""
+    from sorl.policy import EMBEDDED_POLICY
+
+    if model_config_file is not None:
+        return Architecture.from_config(json.loads(Path(model_config_file).read_text()))
+    model = config.get("model")
+    init_args = model.get("init_args", {}) if isinstance(model, dict) else {}
+    if init_args.get("model_config") is not None:
+        return Architecture.from_config(init_args["model_config"])
+    path = model if isinstance(model, str) else init_args.get("model") or EMBEDDED_POLICY
+    if (Path(path) / "config.json").is_file():
+        return Architecture.from_config(json.loads((Path(path) / "config.json").read_text()))
+    name = Path(path).name.lower().removesuffix(".gguf")
+    for key in sorted(KNOWN_ARCHITECTURES, key=len, reverse=True):
+        if name == key or name.startswith(key + "-instruct") or name.startswith(key + "."):
+            return Architecture.from_config(KNOWN_ARCHITECTURES[key])
+    raise ValueError(
+        f"the architecture of {path!r} is unknown here (no config.json, not in sorl.plan.KNOWN_ARCHITECTURES): "
+        "pass --model-config path/to/config.json"
+    )
+
+
+def _init_args(section: Any, cls: type) -> dict[str, Any]:
+    """``cls``'s defaults overridden by a ``class_path``/``init_args`` section's values."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **(section.get("init_args", {}) if isinstance(section, dict) else {})}
+
+
+def setting_from_config(
+    config: dict[str, Any],
+    arch: Architecture,
+    world_size: int,
+    max_prompt_tokens: int,
+    critique_prompt_overhead: int,
+) -> tuple[Setting, dict[str, int | None]]:
+    """The :class:`Setting` of a merged config, and the length budget's inputs."""
+    from sorl.data import RolloutDataModule
+    from sorl.engines import HFEngine, VLLMEngine
+    from sorl.module import GCRLModule
+    from sorl.policy import LOGPROB_CHUNK_SIZE
+    from sorl.sft import SFTDataModule, SFTModule
+
+    trainer = config.get("trainer", {})
+    strategy = trainer.get("strategy", "auto")
+    strategy_name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
+    fsdp = "fsdp" in strategy_name.lower()
+    auto_wrap = isinstance(strategy, dict) and bool(strategy.get("init_args", {}).get("auto_wrap_policy"))
+    precision = str(trainer.get("precision", "32-true"))
+    model = config.get("model")
+    if not isinstance(model, dict):  # a sampling-only config (python -m sorl.critique_set)
+        param_bytes = _DTYPE_BYTES[config.get("dtype", "float32")]
+        budget = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=config.get("max_new_tokens", 0),
+                      critique_prompt_overhead=0, max_critique_tokens=0, max_model_len=None)
+        rows = _init_args({}, HFEngine)["max_batch_rows"]
+        setting = Setting(world_size, False, False, param_bytes, param_bytes, False, False, False, 1,
+                          max_prompt_tokens + config.get("max_new_tokens", 0), 0, None, False, 0, 0.0, None, rows)
+        return setting, budget
+    sft = model.get("class_path", "").endswith("SFTModule")
+    model_args = _init_args(model, SFTModule if sft else GCRLModule)
+    param_bytes = _DTYPE_BYTES[model_args["dtype"]]
+    compute_bytes = 2 if precision.startswith(("bf16", "16")) else param_bytes
+    loss = model_args.get("loss")
+    beta = loss.get("init_args", {}).get("beta", 0.0) if isinstance(loss, dict) else 0.0
+    if sft:
+        data = _init_args(config.get("data", {}), SFTDataModule)
+        length = data["max_length"]
+        setting = Setting(world_size, fsdp, auto_wrap, param_bytes, compute_bytes, False, False, True,
+                          data["batch_size"], length, length, None, False, 0, 0.0, None, 0)
+        return setting, dict(max_prompt_tokens=length, max_response_tokens=0, critique_prompt_overhead=0,
+                             max_critique_tokens=0, max_model_len=None)
+    data = _init_args(config.get("data", {}), RolloutDataModule)
+    engine = data["engine"] if isinstance(data["engine"], dict) else {}
+    vllm = engine.get("class_path", "").endswith("VLLMEngine")
+    engine_args = _init_args(engine, VLLMEngine if vllm else HFEngine)
+    response, critique = data["max_response_tokens"], data["max_critique_tokens"]
+    max_model_len = engine_args.get("max_model_len") or (arch.max_position_embeddings if vllm else None)
+    longest = max_prompt_tokens + critique_prompt_overhead + response + critique
+    sequence = min(longest, max_model_len or arch.max_position_embeddings)  # no engine samples past the model's length
+    vllm_dtype = engine_args.get("dtype", "auto")
+    setting = Setting(
+        world_size=world_size,
+        fsdp=fsdp,
+        auto_wrap=auto_wrap,
+        param_bytes=param_bytes,
+        compute_bytes=compute_bytes,
+        gradient_checkpointing=bool(model_args["gradient_checkpointing"]),
+        reference=beta > 0,
+        training=True,
+        micro_batch=data["batch_size"],
+        sequence_tokens=sequence,
+        completion_tokens=max(response, critique),
+        logprob_chunk=LOGPROB_CHUNK_SIZE,
+        vllm=vllm,
+        vllm_param_bytes=param_bytes if vllm_dtype == "auto" else _DTYPE_BYTES[vllm_dtype],
+        gpu_memory_utilization=engine_args.get("gpu_memory_utilization", 0.0),
+        kv_cache_gib=engine_args.get("kv_cache_gib"),
+        hf_generation_rows=0 if vllm else engine_args["max_batch_rows"],
+    )
+    budget = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=response,
+                  critique_prompt_overhead=critique_prompt_overhead, max_critique_tokens=critique,
+                  max_model_len=max_model_len)
+    return setting, budget
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m sorl.plan", description="Per-GPU memory estimate of a sorl config.")
+    parser.add_argument("--config", action="append", required=True, help="YAML file; repeat to overlay")
+    parser.add_argument("--world-size", type=int, default=None, help="ranks in all (default: trainer.devices x num_nodes)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    parser.add_argument("--model-config", default=None, help="a config.json giving the policy's architecture")
+    parser.add_argument("--max-prompt-tokens", type=int, default=512, help="longest answer prompt (assumed)")
+    parser.add_argument("--critique-overhead-tokens", type=int, default=128, help="critique template's tokens (assumed)")
+    options = parser.parse_args(args)
+    config = load_config(options.config)
+    trainer = config.get("trainer", {})
+    devices = trainer.get("devices", 1)
+    world_size = options.world_size or (devices if isinstance(devices, int) else 1) * trainer.get("num_nodes", 1)
+    gpu = options.gpu_memory_gib
+    arch = architecture_of(config, options.model_config)
+    setting, budget = setting_from_config(config, arch, world_size, options.max_prompt_tokens, options.critique_overhead_tokens)
+    parts = plan_memory(arch, setting, gpu)
+    try:
+        check_length_budgets(**budget)
+        budget_error = None
+    except ValueError as error:
+        budget_error = str(error)
+
+    def gib(name: str) -> float:
+        return round(parts[name] / GIB, 2)
+
+    total = parts["total"] / GIB
+    print(f"{', '.join(options.config)}: {arch.num_parameters / 1e9:.3f}B parameters, world size {world_size}, "
+          f"{'FSDP' + (' per decoder layer' if setting.auto_wrap else ' (one unit: no auto_wrap_policy)') if setting.fsdp else 'replicated'}, "
+          f"params {setting.param_bytes} B, compute {setting.compute_bytes} B")
+    print(f"  micro-batch {setting.micro_batch} x {setting.sequence_tokens} tokens, {setting.completion_tokens} completion positions")
+    rows = [
+        ("parameters", "parameters"), ("optimizer (AdamW, 2 states)", "optimizer"), ("reference model", "reference"),
+        ("vLLM weights", "vllm_weights"), ("vLLM KV cache", "vllm_kv_cache"), ("gradients", "gradients"),
+        ("gathered parameters / compute copies", "gathered_parameters"),
+        (f"activations ({'with' if setting.gradient_checkpointing else 'without'} checkpointing)", "activations"),
+        ("  activations with checkpointing", "activations_checkpointed"), ("  activations without", "activations_full"),
+        (f"logprobs ({'chunked' if setting.logprob_chunk else 'full'})", "logprobs"),
+        ("  logprobs chunked", "logprobs_chunked"), ("  logprobs full [B, C, V]", "logprobs_full"),
+        ("training step (gradients .. logprobs)", "training_step"),
+        ("rollout phase (gathered policy, HF KV cache)", "rollout_phase"),
+    ]
+    for label, name in rows:
+        print(f"  {label:<46} {gib(name):>9.2f} GiB")
+    fits = total <= gpu
+    print(f"  {'total per GPU':<46} {total:>9.2f} GiB of {gpu:g} GiB: "
+          f"{'fits' if fits else 'does NOT fit'} ({100 * (1 - total / gpu):.0f}% free)")
+    kv_tokens = None
+    if setting.vllm:
+        # vLLM's own activations come out of this share too, so it is an upper bound.
+        kv_tokens = parts["vllm_kv_cache"] // arch.kv_bytes_per_token(setting.vllm_param_bytes)
+        print(f"  vLLM KV cache holds at most ~{kv_tokens} tokens: "
+              f"{kv_tokens / budget['max_model_len']:.1f} sequences of max_model_len {budget['max_model_len']}")
+    if budget_error:
+        print(f"  length budget: {budget_error}")
+    result = {
+        "per_gpu_gib": round(total, 2),
+        "fits": fits,
+        "margin": round(1 - total / gpu, 3),
+        "gpu_memory_gib": gpu,
+        "world_size": world_size,
+        "num_parameters": arch.num_parameters,
+        "parts": {name: gib(name) for name in parts if name != "total"},
+        "setting": asdict(setting),
+        "vllm_kv_cache_tokens": kv_tokens,
+        "length_budget_error": budget_error,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
