@@ -1,6 +1,6 @@
 """Per-GPU memory estimate of a config, before anything runs.
 
-    python -m sorl.plan --config configs/qwen2.5_7b_gc_rl_gpu.yaml --world-size 8 --gpu-memory-gib 80
+    python -m sorl.plan --config configs/qwen2.5_gpu.yaml --config configs/model/qwen2.5_7b.yaml --world-size 8 --gpu-memory-gib 80
 
 prints each part of the estimate and the total against the GPU's memory, and as its last line a
 JSON object (``per_gpu_gib``, ``fits``, ``parts``, ...). Nothing is downloaded or loaded: the YAML

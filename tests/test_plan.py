@@ -11,7 +11,15 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from sorl.plan import GIB, KNOWN_ARCHITECTURES, Architecture, Setting, main, plan_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "configs").rglob("*.yaml"))
+# every base config, and every overlay on the base it is composed with (as tests/test_configs.py does)
+OVERLAY_BASES = {"mode": "gc_rl.yaml", "engine": "gc_rl.yaml", "strategy": "gc_rl.yaml", "model": "qwen2.5_gpu.yaml"}
+SHIPPED = [[str(path.relative_to(ROOT))] for path in sorted((ROOT / "configs").glob("*.yaml"))]
+SHIPPED.append(["configs/critique_set/smollm2.yaml"])
+SHIPPED += [
+    [f"configs/{base}", str(path.relative_to(ROOT))]
+    for folder, base in OVERLAY_BASES.items()
+    for path in sorted((ROOT / "configs" / folder).glob("*.yaml"))
+]
 
 # A Llama with hidden 64, SwiGLU 128, 3 layers, 4 heads of 16, 2 KV heads (kv_dim 32), vocab 1000, tied.
 TINY = dict(
@@ -138,18 +146,16 @@ def test_unknown_model_is_refused_with_what_to_pass(tmp_path):
         main(["--config", str(path)])
 
 
-@pytest.mark.parametrize("config", SHIPPED)
-def test_every_shipped_config_has_a_plan(config, capsys):
-    main(["--config", str(ROOT / config)])
+@pytest.mark.parametrize("configs", SHIPPED, ids=lambda c: "+".join(Path(p).stem for p in c))
+def test_every_shipped_config_has_a_plan(configs, capsys):
+    main([a for config in configs for a in ("--config", str(ROOT / config))])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["per_gpu_gib"] > 0 and isinstance(last["fits"], bool) and last["parts"]["parameters"] >= 0
 
 
-@pytest.mark.parametrize("config", ["configs/qwen2.5_1.5b_gc_rl_gpu.yaml", "configs/qwen2.5_7b_gc_rl_gpu.yaml"])
-@pytest.mark.parametrize("overlay", [[], ["configs/gc_rl_fsdp.yaml"]])
-def test_shipped_gpu_configs_fit_80_gib_with_a_10_percent_margin(config, overlay):
-    args = ["--config", str(ROOT / config)]
-    for extra in overlay:
-        args += ["--config", str(ROOT / extra)]
+@pytest.mark.parametrize("configs", [["configs/qwen2.5_gpu.yaml"], ["configs/qwen2.5_gpu.yaml", "configs/model/qwen2.5_7b.yaml"]])
+@pytest.mark.parametrize("overlay", [[], ["configs/strategy/fsdp.yaml"]])
+def test_shipped_gpu_configs_fit_80_gib_with_a_10_percent_margin(configs, overlay):
+    args = [a for config in configs + overlay for a in ("--config", str(ROOT / config))]
     result = main(args + ["--world-size", "8", "--gpu-memory-gib", "80"])
     assert result["margin"] >= 0.10, result
