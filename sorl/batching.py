@@ -10,10 +10,11 @@ by 1/accumulation and DDP averages over ranks.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
+from torch.utils.data import IterableDataset
 
 from sorl.engines.hf import left_pad
 from sorl.rollout import Sample
@@ -147,3 +148,19 @@ def round_batches(
     batches += [empty_batch(pad_id, temperature, engine_logprobs) for _ in range(steps * accumulation - len(batches))]
     set_step_normalizers(batches, reduce(step_counts(batches, accumulation), "sum"), accumulation, world)
     return schedule(batches, accumulation, passes, order_rng)
+
+
+class RoundBatches(IterableDataset):
+    """A round's pre-built micro-batches. Iterable so Lightning adds no distributed sampler:
+    each rank already holds its own shard."""
+
+    def __init__(self, batches: list[dict[str, Any]], skipped: int = 0) -> None:
+        self.batches = batches
+        self.skipped = skipped  # batches of this round trained before a resume: counted, not yielded
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        # The round's full length: Lightning's restored batch position counts the skipped ones.
+        return self.skipped + len(self.batches)

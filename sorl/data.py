@@ -12,7 +12,7 @@ import random
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -20,16 +20,16 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sorl.batching import round_batches
+from sorl.batching import RoundBatches, round_batches
 from sorl.callbacks.base import RolloutCallback
 from sorl.distributed import full_parameters, reduce, reduce_sums, rng_states, set_rng_states
 from sorl.engines.base import RolloutEngine, SamplingParams
 from sorl.engines.hf import HFEngine
-from sorl.evaluation import score_critiques, score_generation
-from sorl.rollout import Round, RolloutContext, Sample, assign_advantages, critique_candidates, right_share, round_sums
+from sorl.evaluation import balanced_head, score_critiques, score_generation
+from sorl.rollout import Round, RolloutContext, Sample, assign_advantages, check_sizes, critique_candidates, right_share, round_sums
 from sorl.rollout import sample_critiques, sample_responses
 from sorl.sampler import Sampler, derive_seed
 from sorl.tasks.base import CritiqueExample, Question, Task
@@ -41,22 +41,6 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 # The DataModule's own state holds the rest of an interrupted round (see state_dict), so the
 # dataloader does resume where it stopped; Lightning cannot see that and would warn otherwise.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-
-
-class RoundBatches(IterableDataset):
-    """A round's pre-built micro-batches. Iterable so Lightning adds no distributed sampler:
-    each rank already holds its own shard."""
-
-    def __init__(self, batches: list[dict[str, Any]], skipped: int = 0) -> None:
-        self.batches = batches
-        self.skipped = skipped  # batches of this round trained before a resume: counted, not yielded
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        # The round's full length: Lightning's restored batch position counts the skipped ones.
-        return self.skipped + len(self.batches)
 
 
 class RolloutDataModule(LightningDataModule):
@@ -79,7 +63,11 @@ class RolloutDataModule(LightningDataModule):
             fills it from the first round that has pairs (the initial policy's responses) and keeps it.
         temperature, top_p: sampling parameters of both rollouts (logprobs use the same temperature).
         max_response_tokens, max_critique_tokens: generation bounds.
-        batch_size: samples per micro-batch (``Trainer(accumulate_grad_batches)`` groups them).
+        batch_size: samples per micro-batch (``Trainer(accumulate_grad_batches)`` groups them). The
+            default holds a whole round of the default sizes (32 x 8 responses + 16 x 4 critiques), so
+            a round is one on-policy optimizer step; several steps per round are correct too (later
+            steps use an importance ratio) but, at the same learning rate, move the policy several
+            times as far per round. Lower it, with accumulation, where memory is short.
         passes_per_round: optimizer passes over a round's data. Whenever a round holds more than
             one optimizer step, the micro-batches trained after the first are marked ``off_policy``
             and the module scores them with the round's sampling policy first (``old_logprobs``).
@@ -113,7 +101,7 @@ class RolloutDataModule(LightningDataModule):
         top_p: float = 1.0,
         max_response_tokens: int = 64,
         max_critique_tokens: int = 96,
-        batch_size: int = 64,
+        batch_size: int = 512,
         passes_per_round: int = 1,
         scale_rewards_by_std: bool = True,
         drop_zero_std_groups: bool = False,
@@ -126,24 +114,7 @@ class RolloutDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if mode not in ("g_rl", "c_rl", "gc_rl"):
-            raise ValueError(f"mode must be g_rl, c_rl or gc_rl, got {mode!r}")
-        for name, value in [("questions_per_round", questions_per_round), ("batch_size", batch_size), ("passes_per_round", passes_per_round)]:
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        # Advantages are relative within a group: a group of one sample always gets advantage 0.
-        if responses_per_question < 2:
-            raise ValueError(
-                f"responses_per_question must be >= 2, got {responses_per_question}: advantages are relative to "
-                "the other responses to the same question, so a single response always gets advantage 0 "
-                "(and no question can give both a right and a wrong response to critique)"
-            )
-        if mode != "g_rl" and critiques_per_response < 2:
-            raise ValueError(
-                f"critiques_per_response must be >= 2 in mode {mode}, got {critiques_per_response}: a critique's "
-                "advantage is relative to the other critiques of the same response, so a single critique always "
-                "gets advantage 0 (mode g_rl trains no critiques)"
-            )
+        check_sizes(mode, questions_per_round, responses_per_question, critiques_per_response, batch_size, passes_per_round)
         self.task = task
         self.engine = engine if engine is not None else HFEngine()
         self.mode = mode
@@ -372,13 +343,3 @@ class RolloutDataModule(LightningDataModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         start = (self.round_index * world + rank) * self.questions_per_round
         return [pool[self._question_order[(start + i) % len(pool)]] for i in range(self.questions_per_round)]
-
-
-def balanced_head(examples: Sequence[CritiqueExample], cap: int | None) -> list[CritiqueExample]:
-    """The first ``cap // 2`` right and ``cap // 2`` wrong examples, in their order (all if ``cap`` is None)."""
-    if cap is None:
-        return list(examples)
-    right = [e for e in examples if e.is_right][: cap // 2]
-    wrong = [e for e in examples if not e.is_right][: cap // 2]
-    kept = set(map(id, right + wrong))
-    return [e for e in examples if id(e) in kept]

@@ -114,3 +114,13 @@ class EvalMetrics(nn.Module):
             if means:
                 per_set[f"eval/{metric}_avg"] = sum(means) / len(means)
         return values | per_set
+
+
+def balanced_head(examples: Sequence[CritiqueExample], cap: int | None) -> list[CritiqueExample]:
+    """The first ``cap // 2`` right and ``cap // 2`` wrong examples, in their order (all if ``cap`` is None)."""
+    if cap is None:
+        return list(examples)
+    right = [e for e in examples if e.is_right][: cap // 2]
+    wrong = [e for e in examples if not e.is_right][: cap // 2]
+    kept = set(map(id, right + wrong))
+    return [e for e in examples if id(e) in kept]

@@ -69,6 +69,28 @@ class RolloutContext:
         return self.sampler.generate(prompts, n, sampling, purpose, round_index, self.rank)
 
 
+def check_sizes(mode: str, questions: int, responses: int, critiques: int, batch_size: int, passes: int) -> None:
+    """Refuses round sizes that cannot train: advantages are relative within a group, so a group
+    of one sample always gets advantage 0."""
+    if mode not in ("g_rl", "c_rl", "gc_rl"):
+        raise ValueError(f"mode must be g_rl, c_rl or gc_rl, got {mode!r}")
+    for name, value in [("questions_per_round", questions), ("batch_size", batch_size), ("passes_per_round", passes)]:
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if responses < 2:
+        raise ValueError(
+            f"responses_per_question must be >= 2, got {responses}: advantages are relative to "
+            "the other responses to the same question, so a single response always gets advantage 0 "
+            "(and no question can give both a right and a wrong response to critique)"
+        )
+    if mode != "g_rl" and critiques < 2:
+        raise ValueError(
+            f"critiques_per_response must be >= 2 in mode {mode}, got {critiques}: a critique's "
+            "advantage is relative to the other critiques of the same response, so a single critique always "
+            "gets advantage 0 (mode g_rl trains no critiques)"
+        )
+
+
 def sample_responses(context: RolloutContext, round_: Round, k: int) -> None:
     """First-order rollout: ``k`` verified responses per question; the group is the question's index."""
     task = context.task

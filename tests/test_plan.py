@@ -8,7 +8,8 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from sorl.plan import GIB, KNOWN_ARCHITECTURES, Architecture, Setting, main, plan_memory
+from sorl.memory import GIB, KNOWN_ARCHITECTURES, Architecture, Setting, plan_memory
+from sorl.plan import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # every base config, and every overlay on the base it is composed with (as tests/test_configs.py does)
