@@ -121,10 +121,35 @@ def schedule(batches: list[dict[str, Any]], accumulation: int, passes: int, rng:
 Reduce = Callable[[torch.Tensor, Literal["sum", "max"]], torch.Tensor]  # over ranks
 
 
+def length_grouped(samples: Sequence[Sample], max_rows: int, max_tokens: int, rng: random.Random) -> list[list[Sample]]:
+    """Micro-batches of at most ``max_rows`` samples whose padded size (rows x (longest prompt +
+    longest completion)) stays within ``max_tokens``; a longer sample goes alone. Samples are
+    grouped by kind and length, so that one long critique does not set the padding of many short
+    responses; the groups are then shuffled by ``rng`` so optimizer steps still mix them."""
+    ordered = sorted(samples, key=lambda s: (s.kind, len(s.prompt_ids), len(s.completion.token_ids)))
+    groups: list[list[Sample]] = []
+    current: list[Sample] = []
+    prompt_width = completion_width = 0
+    for sample in ordered:
+        prompt = max(prompt_width, len(sample.prompt_ids))
+        completion = max(completion_width, len(sample.completion.token_ids))
+        fits = len(current) < max_rows and (len(current) + 1) * (prompt + completion) <= max_tokens
+        if current and (not fits or sample.kind != current[-1].kind):
+            groups.append(current)
+            current, prompt, completion = [], len(sample.prompt_ids), len(sample.completion.token_ids)
+        current.append(sample)
+        prompt_width, completion_width = prompt, completion
+    if current:
+        groups.append(current)
+    rng.shuffle(groups)
+    return groups
+
+
 def round_batches(
     samples: Sequence[Sample],
     *,
     batch_size: int,
+    max_tokens_per_micro_batch: int | None,
     accumulation: int,
     world: int,
     passes: int,
@@ -134,16 +159,20 @@ def round_batches(
     engine_logprobs: bool,
     reduce: Reduce,
     order_rng: random.Random,
+    group_rng: random.Random,
 ) -> list[dict[str, Any]]:
-    """This rank's micro-batches of ``samples`` (already in training order) for the whole round.
+    """This rank's micro-batches of ``samples`` (already in training order) for the whole round:
+    ``batch_size`` samples each, or with ``max_tokens_per_micro_batch`` grouped by length within
+    that many padded tokens (:func:`length_grouped`, shuffled by ``group_rng``).
 
     Every rank gets the same number of whole optimizer steps, padded with empty micro-batches, or
     DDP waits forever; ``reduce`` combines the ranks' counts (max of steps, sum of tokens).
     """
-    batches = [
-        collate(samples[i : i + batch_size], pad_id, temperature, mask_truncated, engine_logprobs)
-        for i in range(0, len(samples), batch_size)
-    ]
+    if max_tokens_per_micro_batch is None:
+        groups = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    else:
+        groups = length_grouped(samples, batch_size, max_tokens_per_micro_batch, group_rng)
+    batches = [collate(group, pad_id, temperature, mask_truncated, engine_logprobs) for group in groups]
     steps = max(1, int(reduce(torch.tensor(float(-(-len(batches) // accumulation))), "max").item()))
     batches += [empty_batch(pad_id, temperature, engine_logprobs) for _ in range(steps * accumulation - len(batches))]
     set_step_normalizers(batches, reduce(step_counts(batches, accumulation), "sum"), accumulation, world)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sorl.batching import RoundBatches, round_batches
+from sorl.budgets import check_length_budgets
 from sorl.callbacks.base import RolloutCallback
 from sorl.distributed import full_parameters, reduce, reduce_sums, rng_states, set_rng_states
 from sorl.engines.base import RolloutEngine, SamplingParams
@@ -62,12 +63,22 @@ class RolloutDataModule(LightningDataModule):
         critique_data: ``dynamic`` refreshes the cache from each round's responses; ``static``
             fills it from the first round that has pairs (the initial policy's responses) and keeps it.
         temperature, top_p: sampling parameters of both rollouts (logprobs use the same temperature).
-        max_response_tokens, max_critique_tokens: generation bounds.
+        max_response_tokens, max_critique_tokens: generation bounds. Before the first rollout, the
+            templates' own tokens plus these bounds are checked against the engine's
+            ``max_model_len`` (default: the model's ``max_position_embeddings``); a config whose
+            sequences cannot fit is refused with the numbers.
+        max_embedded_response_tokens: the most response tokens a critique prompt embeds; longer
+            responses are cut from the middle (head, ``[...]``, tail: the tail holds the final
+            answer) and counted in ``rollout/critique_responses_cut``. ``None``: embedded whole.
         batch_size: samples per micro-batch (``Trainer(accumulate_grad_batches)`` groups them). The
             default holds a whole round of the default sizes (32 x 8 responses + 16 x 4 critiques), so
             a round is one on-policy optimizer step; several steps per round are correct too (later
             steps use an importance ratio) but, at the same learning rate, move the policy several
             times as far per round. Lower it, with accumulation, where memory is short.
+        max_tokens_per_micro_batch: size micro-batches by padded tokens instead: at most
+            ``batch_size`` samples whose rows x (longest prompt + longest completion) stay within
+            this budget, grouped by kind and length (a longer sample goes alone). The step
+            normalizers stay exact; the number of optimizer steps per round then follows the data.
         passes_per_round: optimizer passes over a round's data. Whenever a round holds more than
             one optimizer step, the micro-batches trained after the first are marked ``off_policy``
             and the module scores them with the round's sampling policy first (``old_logprobs``).
@@ -101,7 +112,9 @@ class RolloutDataModule(LightningDataModule):
         top_p: float = 1.0,
         max_response_tokens: int = 64,
         max_critique_tokens: int = 96,
+        max_embedded_response_tokens: int | None = None,
         batch_size: int = 512,
+        max_tokens_per_micro_batch: int | None = None,
         passes_per_round: int = 1,
         scale_rewards_by_std: bool = True,
         drop_zero_std_groups: bool = False,
@@ -123,9 +136,11 @@ class RolloutDataModule(LightningDataModule):
         self.critique_pairs_per_round = critique_pairs_per_round
         self.critiques_per_response = critiques_per_response
         self.critique_data = critique_data
+        self.max_embedded_response_tokens = max_embedded_response_tokens
         self.response_sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_response_tokens)
         self.critique_sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_critique_tokens)
         self.batch_size = batch_size
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.passes_per_round = passes_per_round
         self.scale_rewards_by_std = scale_rewards_by_std
         self.drop_zero_std_groups = drop_zero_std_groups
@@ -231,10 +246,22 @@ class RolloutDataModule(LightningDataModule):
             self.sampler = Sampler(
                 self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed, lambda: full_parameters(self.trainer)
             )
+            self.check_lengths(self.engine.max_model_len or module.policy.config.max_position_embeddings)
         with full_parameters(self.trainer):
             self.engine.sync_weights(module.policy)
         return RolloutContext(
-            self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank, self.engine_logprobs
+            self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank,
+            self.engine_logprobs, self.max_embedded_response_tokens,
+        )
+
+    def check_lengths(self, max_model_len: int) -> None:
+        """Refuses bounds whose sequences cannot fit ``max_model_len``: the templates' own tokens
+        (the prompts of an empty question and response) plus the generation bounds."""
+        empty = Question("", "", "")
+        prompt, critique_prompt = (len(ids) for ids in self.sampler.encode([self.task.response_prompt(empty), self.task.critique_prompt(empty, "")]))
+        critique = self.critique_sampling.max_new_tokens if self.mode != "g_rl" else 0
+        check_length_budgets(
+            prompt, self.response_sampling.max_new_tokens, critique_prompt - prompt, critique, max_model_len, self.max_embedded_response_tokens
         )
 
     def build_round(self, context: RolloutContext) -> Round:
@@ -304,6 +331,7 @@ class RolloutDataModule(LightningDataModule):
         return round_batches(
             self.training_samples(round_),
             batch_size=self.batch_size,
+            max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
             accumulation=self.trainer.accumulate_grad_batches,
             world=self.trainer.world_size,
             passes=self.passes_per_round,
@@ -314,6 +342,7 @@ class RolloutDataModule(LightningDataModule):
             reduce=self._reduce,
             # no rank here: every rank must shuffle the steps of later passes alike
             order_rng=random.Random(derive_seed(self.seed, "step_order", self.round_index)),
+            group_rng=random.Random(derive_seed(self.seed, "micro_batch_order", self.round_index, self.trainer.global_rank)),
         )
 
     def _reduce(self, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from sorl.budgets import TRUNCATION_MARKER
 from sorl.engines.base import Completion, SamplingParams
 from sorl.loss import group_advantages
 from sorl.rewards import critique_reward, is_right
@@ -63,6 +64,7 @@ class RolloutContext:
     critique_sampling: SamplingParams
     rank: int
     engine_logprobs: bool = False  # ask the engine for the sampled tokens' logprobs (importance sampling)
+    max_embedded_response_tokens: int | None = None  # longer responses are cut from the middle in critique prompts
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, purpose: str, round_index: int) -> list[list[Completion]]:
         """``n`` completions of each prompt text, seeded per (purpose, round, rank)."""
@@ -113,7 +115,9 @@ def sample_critiques(context: RolloutContext, round_: Round, m: int) -> None:
     when its verdict matches the pair's label. Critique groups are numbered after the questions'."""
     task = context.task
     pairs = round_.critique_pairs
-    prompt_ids = context.sampler.encode([task.critique_prompt(p.question, p.response) for p in pairs])
+    responses = [embedded_response(context, p.response) for p in pairs]
+    round_.metrics["rollout/critique_responses_cut"] = float(sum(r != p.response for r, p in zip(responses, pairs)))
+    prompt_ids = context.sampler.encode([task.critique_prompt(p.question, r) for p, r in zip(pairs, responses)])
     sampling = replace(context.critique_sampling, logprobs=context.engine_logprobs)
     completions = context.sampler.generate_ids(prompt_ids, m, sampling, "critiques", round_.index, context.rank)
     offset = len(round_.questions)
@@ -123,6 +127,27 @@ def sample_critiques(context: RolloutContext, round_: Round, m: int) -> None:
             reward = critique_reward(verdict, pair.is_right)
             sample = Sample("critique", offset + index, pair.question, prompt_ids[index], completion, reward, pair=pair, verdict=verdict)
             round_.critiques.append(sample)
+
+
+def embedded_response(context: RolloutContext, response: str) -> str:
+    """The response as a critique prompt embeds it: whole, or, above ``max_embedded_response_tokens``,
+    its head and tail around :data:`~sorl.budgets.TRUNCATION_MARKER` (the tail holds the final
+    answer the critique judges; the pair's label stays the verifier's verdict on the whole)."""
+    limit = context.max_embedded_response_tokens
+    if limit is None:
+        return response
+    tokenizer = context.sampler.tokenizer
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit:
+        return response
+    # Head and tail are cut as token ids and decoded apart, so the marker stays readable text even
+    # where the tokenizer cannot encode it (the embedded character policy).
+    marker_tokens = len(tokenizer(TRUNCATION_MARKER, add_special_tokens=False)["input_ids"])
+    kept = limit - marker_tokens
+    if kept < 2:
+        raise ValueError(f"max_embedded_response_tokens {limit} leaves no room around the {marker_tokens}-token marker")
+    head, tail = ids[: (kept + 1) // 2], ids[len(ids) - kept // 2 :]
+    return tokenizer.decode(head) + TRUNCATION_MARKER + tokenizer.decode(tail)
 
 
 def assign_advantages(round_: Round, scale_by_std: bool) -> None:

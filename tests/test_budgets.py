@@ -60,3 +60,38 @@ def test_truncate_middle_on_text_keeps_the_final_answer():
     assert len(cut) == 60
     assert cut.startswith("Step 1: 12") and cut.endswith("The answer is 42.")
     assert TRUNCATION_MARKER in cut
+
+
+# ---------------------------------------------------------------- wired into the DataModule
+def test_bounds_past_the_models_positions_are_refused_before_any_rollout(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from sorl import ArithmeticTask, GCRLModule, RolloutDataModule
+
+    # the embedded policy has 256 positions: a 200-token response embedded in a critique prompt,
+    # then 100 critique tokens, cannot fit
+    datamodule = RolloutDataModule(ArithmeticTask(num_eval=2), max_response_tokens=200, max_critique_tokens=100)
+    trainer = Trainer(max_epochs=1, reload_dataloaders_every_n_epochs=1, default_root_dir=tmp_path, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"critique sequences need up to .* more than max_model_len 256"):
+        trainer.fit(GCRLModule(), datamodule)
+    assert datamodule.last_round is None  # refused before the first rollout
+    # g_rl samples no critique: the same bounds fit
+    RolloutDataModule(ArithmeticTask(num_eval=2), mode="g_rl", max_response_tokens=200, max_critique_tokens=100)
+
+
+def test_a_long_response_is_cut_from_the_middle_in_critique_prompts():
+    from sorl import ArithmeticTask, HFEngine, SamplingParams
+    from sorl.policy import load_tokenizer
+    from sorl.rollout import RolloutContext, embedded_response
+    from sorl.sampler import Sampler
+
+    tokenizer = load_tokenizer(None)
+    sampler = Sampler(HFEngine(), tokenizer)
+    context = RolloutContext(ArithmeticTask(), sampler, SamplingParams(), SamplingParams(), rank=0, max_embedded_response_tokens=20)
+    short = "1+2=3;A:3"
+    long = "1+2=3;" * 10 + "A:3"
+    assert embedded_response(context, short) == short
+    cut = embedded_response(context, long)
+    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 21  # seams may re-tokenize by one
+    assert cut.startswith("1+2=3;") and cut.endswith("A:3") and "[...]" in cut

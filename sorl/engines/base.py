@@ -27,6 +27,10 @@ class Completion:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
+    #: The longest prompt + completion in tokens the engine takes; ``None``: the model's
+    #: ``max_position_embeddings``. The DataModule checks its length budgets against it.
+    max_model_len: int | None
+
     def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         """Called once before the first ``generate`` with the policy being trained."""
 

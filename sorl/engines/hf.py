@@ -35,14 +35,17 @@ class HFEngine:
     """Batched sampling with ``model.generate`` (left padding, KV cache).
 
     It samples from the very modules being trained, so ``sync_weights`` has nothing to do.
-    Top-k is off so that the sampling distribution is the one the loss differentiates. For the same
+    ``max_model_len`` (default: the model's ``max_position_embeddings``) is the length the
+    DataModule's length budgets are checked against. Top-k is off so that the sampling distribution is the one the loss differentiates. For the same
     reason the model folder's ``generation_config.json`` (a repetition penalty, top-k, min-p, ...)
     is ignored: only ``SamplingParams`` and the model's EOS ids shape what is sampled (see
     :func:`_library_defaults`).
     """
 
-    def __init__(self, max_batch_rows: int = 512) -> None:
+    def __init__(self, max_batch_rows: int = 512, max_model_len: int | None = None) -> None:
         self.max_batch_rows = max_batch_rows  # prompts x samples per generate call, bounds memory
+        # transformers sets no limit itself; past the model's positions its outputs degrade
+        self.max_model_len = max_model_len
         self.policy: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
 

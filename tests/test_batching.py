@@ -1,0 +1,93 @@
+"""Micro-batches by token budget, without a Trainer: within the budget, grouped by kind and length,
+and the same optimizer step (loss and gradient) as row-count batching over the same samples."""
+
+import random
+
+import pytest
+import torch
+
+from sorl.batching import length_grouped, round_batches
+from sorl.engines import Completion
+from sorl.loss import GRPOLoss
+from sorl.rollout import Sample
+from sorl.tasks import Question
+
+QUESTION = Question("q", "1+2", "3")
+
+
+def _samples(seed: int = 0, count: int = 24) -> list[Sample]:
+    rng = random.Random(seed)
+    samples = []
+    for i in range(count):
+        kind = "critique" if i % 3 == 0 else "response"
+        prompt = list(range(5, 5 + (rng.randint(20, 40) if kind == "critique" else rng.randint(3, 8))))
+        completion = list(range(3, 3 + rng.randint(1, 30 if kind == "critique" else 10)))
+        samples.append(Sample(kind, i // 4, QUESTION, prompt, Completion(completion, "", "stop"), advantage=rng.uniform(-1, 1)))
+    return samples
+
+
+def _batches(samples, max_tokens, accumulation):
+    return round_batches(
+        samples, batch_size=64, max_tokens_per_micro_batch=max_tokens, accumulation=accumulation, world=1, passes=1,
+        pad_id=0, temperature=1.0, mask_truncated=False, engine_logprobs=False, reduce=lambda tensor, op: tensor,
+        order_rng=random.Random(0), group_rng=random.Random(1),
+    )  # fmt: skip
+
+
+def test_groups_stay_within_the_budget_and_hold_one_kind():
+    samples = _samples()
+    groups = length_grouped(samples, max_rows=64, max_tokens=120, rng=random.Random(0))
+    assert sorted(id(s) for g in groups for s in g) == sorted(id(s) for s in samples)
+    for group in groups:
+        width = max(len(s.prompt_ids) for s in group) + max(len(s.completion.token_ids) for s in group)
+        assert len(group) == 1 or len(group) * width <= 120
+        assert len({s.kind for s in group}) == 1
+    assert len(groups) < len(samples)  # short responses do share micro-batches
+
+
+def _step_loss_and_grad(batches, logprobs_of, accumulation):
+    """The step's loss as Lightning accumulates it (each micro-batch's loss / accumulation) and its
+    gradient with respect to each sample's logprobs."""
+    loss_fn = GRPOLoss()
+    total = 0.0
+    for batch in batches:
+        if batch["completion_mask"].sum() == 0:
+            continue
+        logprobs = logprobs_of(batch)
+        loss, _ = loss_fn(logprobs, logprobs.detach() - 0.1, batch["advantages"], batch["completion_mask"], normalizer=batch["step_tokens"])
+        total = total + loss / accumulation
+    return total
+
+
+def test_token_budget_gives_the_same_step_as_row_count_batching():
+    samples = _samples(count=24)
+    # one logprob per (sample, position), shared by both batchings through the completion ids' rows
+    table = {id(s): torch.randn(len(s.completion.token_ids), generator=torch.Generator().manual_seed(i), requires_grad=False) for i, s in enumerate(samples)}
+    params = {key: value.clone().requires_grad_(True) for key, value in table.items()}
+
+    def logprobs_of_factory(batches_samples):
+        def logprobs_of(batch):
+            rows = []
+            for sample in batches_samples[id(batch)]:
+                values = params[id(sample)]
+                rows.append(torch.nn.functional.pad(values, (0, batch["completion_ids"].shape[1] - len(values))))
+            return torch.stack(rows)
+        return logprobs_of
+
+    results = []
+    for max_tokens, accumulation in ((None, 1), (150, 16)):
+        if max_tokens is None:
+            groups = [samples]
+        else:
+            groups = length_grouped(samples, 64, max_tokens, random.Random(1))
+        batches = _batches(samples, max_tokens, accumulation)
+        # map each real micro-batch to its samples (the same grouping round_batches made)
+        real = [b for b in batches if b["completion_mask"].sum() > 0]
+        assert len(real) == len(groups) and len(batches) == accumulation
+        loss = _step_loss_and_grad(batches, logprobs_of_factory(dict(zip(map(id, real), groups))), accumulation)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        results.append((loss.detach(), grads))
+    (loss_rows, grads_rows), (loss_tokens, grads_tokens) = results
+    assert loss_tokens.item() == pytest.approx(loss_rows.item(), abs=1e-6)
+    for a, b in zip(grads_rows, grads_tokens):
+        torch.testing.assert_close(a, b)
