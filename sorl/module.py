@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from sorl.evaluation import EvalMetrics
 from sorl.loss import GRPOLoss
-from sorl.policy import DType, completion_logprobs, load_policy, load_tokenizer
+from sorl.policy import LOGPROB_CHUNK_SIZE, DType, completion_logprobs, load_policy, load_tokenizer
 
 
 def export_policy(trainer: Any, policy: Any, tokenizer: Any, export_dir: str | None) -> Path:
@@ -44,6 +44,9 @@ class GCRLModule(LightningModule):
         dtype: parameter dtype of the policy.
         trust_remote_code: allow code shipped with a model folder to run. Off unless you trust it.
         gradient_checkpointing: trade compute for memory on large policies.
+        logprob_chunk_size: completion positions per chunk through the output projection, so that
+            no [B, T, vocabulary] float32 logits are kept for backward (see
+            :func:`~sorl.policy.completion_logprobs`); ``None`` uses the model's own head at once.
         export_dir: where ``save_pretrained`` writes the trained policy at the end of fit;
             ``None`` gives ``<log_dir>/hf``.
     """
@@ -59,6 +62,7 @@ class GCRLModule(LightningModule):
         dtype: DType = "float32",
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -70,6 +74,7 @@ class GCRLModule(LightningModule):
         self.dtype_name = dtype
         self.trust_remote_code = trust_remote_code
         self.gradient_checkpointing = gradient_checkpointing
+        self.logprob_chunk_size = logprob_chunk_size
         self.export_dir = export_dir
         self.tokenizer = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
         self.policy: torch.nn.Module | None = None
@@ -107,7 +112,7 @@ class GCRLModule(LightningModule):
         input_ids, attention_mask, completion_ids = batch["input_ids"], batch["attention_mask"], batch["completion_ids"]
         kinds = [rows for rows in (~batch["is_critique"], batch["is_critique"]) if rows.any()]
         if len(kinds) == 1:
-            return completion_logprobs(model, input_ids, attention_mask, completion_ids, batch["temperature"])
+            return completion_logprobs(model, input_ids, attention_mask, completion_ids, batch["temperature"], self.logprob_chunk_size)
         num_rows, width = completion_ids.shape
         prompt_width = input_ids.shape[1] - width
         logprobs = torch.zeros((num_rows, width), dtype=torch.float32, device=input_ids.device)
@@ -120,7 +125,8 @@ class GCRLModule(LightningModule):
             kept = max(1, int(mask[:, prompt_width:].sum(-1).max()))  # the longest completion of this kind
             end = prompt_width + kept
             kind_logprobs, kind_entropy = completion_logprobs(
-                model, input_ids[index, first:end], mask[:, first:end], completion_ids[index, :kept], batch["temperature"]
+                model, input_ids[index, first:end], mask[:, first:end], completion_ids[index, :kept], batch["temperature"],
+                self.logprob_chunk_size,
             )
             logprobs[index, :kept] = kind_logprobs
             entropy[index, :kept] = kind_entropy
