@@ -6,7 +6,7 @@ from sorl.engines import HFEngine, RolloutEngine, SamplingParams, VLLMEngine
 from sorl.loss import GRPOLoss, group_advantages
 from sorl.module import GCRLModule
 from sorl.sft import SFTDataModule, SFTModule
-from sorl.tasks import ArithmeticTask, CritiqueExample, MathDataset, MathTask, Question, Task
+from sorl.tasks import ArithmeticTask, CritiqueExample, MathDataset, MathTask, Question, ReasoningGymTask, Task
 from sorl.verify import MathVerifier
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "MathVerifier",
     "PreemptionCheckpoint",
     "Question",
+    "ReasoningGymTask",
     "RewardDenoising",
     "RewardNoise",
     "RolloutCallback",
