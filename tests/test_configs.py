@@ -1,5 +1,6 @@
 """Every shipped config (alone, and composed with every callback preset) parses and instantiates."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ NOT_INSTANTIATED = {
     "qwen2.5_7b_gc_rl_gpu.yaml": True,
     "smollm2_gsm8k.yaml": not SMOLLM2_DIR.is_dir(),  # python -m sorl.convert --output checkpoints/...
     "smollm2_cold_start.yaml": True,  # examples_file is the user's
+    # a cold-started SmolLM2 (python -m sorl.cold_start, then the SFT config below) and reasoning-gym
+    "smollm2_reasoning_gym.yaml": not (ROOT / "checkpoints" / "smollm2-135m-rgym-cold-start").is_dir()
+    or importlib.util.find_spec("reasoning_gym") is None,
+    "smollm2_reasoning_gym_cold_start.yaml": True,  # examples_file comes from python -m sorl.cold_start
 }
 
 

@@ -206,3 +206,35 @@ def test_cold_start_from_the_policy_itself(tiny_policy_dir, tmp_path):
         assert (batch["labels"] != -100).any()
     finally:
         task.scorer.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "function"),
+    [
+        ("cold_start_data/smollm2_reasoning_gym.yaml", build_cold_start),
+        ("critique_set/smollm2_reasoning_gym.yaml", "sorl.critique_set.build_critique_set"),
+    ],
+)
+def test_data_configs_parse(config, function):
+    """The configs of python -m sorl.cold_start and python -m sorl.critique_set parse, and their task
+    is the one the RL config trains on."""
+    from pathlib import Path
+
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    if isinstance(function, str):
+        from sorl.critique_set import build_critique_set as function
+    root = Path(__file__).resolve().parents[1]
+    parser = ArgumentParser()
+    parser.add_function_arguments(function)
+    parsed = parser.parse_path(str(root / "configs" / config))
+    task = parser.instantiate_classes(parsed).task
+    assert isinstance(task, ReasoningGymTask)
+    rl = yaml.safe_load((root / "configs" / "smollm2_reasoning_gym.yaml").read_text())["data"]["init_args"]["task"]["init_args"]
+    assert (task.dataset, task.config, task.eval_size, task.answer_fallback) == (
+        rl["dataset"],
+        rl["config"],
+        rl["eval_size"],
+        rl["answer_fallback"],
+    )
