@@ -238,3 +238,18 @@ def test_data_configs_parse(config, function):
         rl["eval_size"],
         rl["answer_fallback"],
     )
+
+
+def test_sorl_imports_without_reasoning_gym():
+    """reasoning-gym is an optional extra: sorl imports without it, and building the task says what to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['reasoning_gym'] = None\n"  # None in sys.modules makes the import fail
+        "import sorl\n"
+        "try:\n    sorl.ReasoningGymTask('chain_sum')\nexcept ImportError as error:\n    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'sorl[reasoning]'" in result.stdout
