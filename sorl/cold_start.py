@@ -5,8 +5,8 @@ them from the policy's own samples, for any verifiable task that can write its c
 (:class:`SelfCritiqueTask`, e.g. :class:`~sorl.tasks.reasoning_gym.ReasoningGymTask`):
 
 1. sample ``samples_per_question`` responses per training question and verify them;
-2. a verified-correct response (rejection sampling) is a **solution** demonstration (the answer
-   prompt -> the solution, in the task's answer format);
+2. a verified-correct response (rejection sampling; the shortest one of the question) is a
+   **solution** demonstration (the answer prompt -> the solution, in the task's answer format);
 3. a question with both a right and a wrong response gives one **balanced pair of critique**
    demonstrations in the "solve it yourself, then compare" format: the critic's working is a
    verified-correct solution, then its answer, the response's answer and the verdict the verifier's
@@ -56,10 +56,13 @@ def demonstrations(task: SelfCritiqueTask, question: Question, labelled: list[tu
     wrong = [text for text, is_right in labelled if not is_right]
     if not right:
         return []
-    solution = right[0]
+    # The shortest right sample: sampled at temperature 1, a small model's longer right answers
+    # tend to carry off-topic text that the demonstrations would teach.
+    solution = min(right, key=len)
+    others = [text for text in right if text is not solution]
     rows = [_row(task.answer_prompt(question), task.solution_demonstration(solution), "solution", question, None)]
     if wrong:
-        for response, is_right in ((right[1] if len(right) > 1 else right[0], True), (wrong[0], False)):
+        for response, is_right in ((others[0] if others else solution, True), (wrong[0], False)):
             critique = task.critique_demonstration(solution, response, is_right)
             rows.append(_row(task.critique_prompt(question, response), critique, "critique", question, is_right))
         if refinement:

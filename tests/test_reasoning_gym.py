@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("reasoning_gym", reason="needs reasoning-gym: pip install 'sorl[reasoning]'")
 
-from sorl.cold_start import SelfCritiqueTask, build_cold_start  # noqa: E402
+from sorl.cold_start import SelfCritiqueTask, build_cold_start, demonstrations  # noqa: E402
 from sorl.sft import collate_sft, read_examples  # noqa: E402
 from sorl.tasks.base import Question, Task  # noqa: E402
 from sorl.tasks.reasoning_gym import ReasoningGymTask  # noqa: E402
@@ -161,6 +161,28 @@ def test_runaway_scoring_is_bounded():
         assert countdown.verify(question, f"Answer: {question.gold}") == 1.0  # a fresh server took over
     finally:
         countdown.scorer.close()
+
+
+def test_demonstrations_of_one_question(task):
+    question = task.train_questions()[0]
+    gold = int(question.gold)
+    long_right = f"Let me think about it at length. The result is {gold}.\nAnswer: {gold}"
+    short_right = f"Answer: {gold}"
+    wrong = f"Answer: {gold + 1}"
+    rows = demonstrations(task, question, [(long_right, True), (wrong, False), (short_right, True)], refinement=True)
+    assert [(r["kind"], r["label"]) for r in rows] == [("solution", None), ("critique", True), ("critique", False), ("refinement", None)]
+    solution, right_critique, wrong_critique, refinement = rows
+    assert solution == {"prompt": task.answer_prompt(question), "target": short_right, "kind": "solution", "question_id": question.id, "label": None}
+    # the critic's working is the shortest right sample; the right response it judges is the other one
+    assert right_critique["prompt"] == task.critique_prompt(question, long_right)
+    assert right_critique["target"] == f"My answer: {gold}\nResponse answer: {gold}\nVerdict: right"
+    assert wrong_critique["prompt"] == task.critique_prompt(question, wrong)
+    assert wrong_critique["target"] == f"My answer: {gold}\nResponse answer: {gold + 1}\nVerdict: wrong"
+    assert refinement["prompt"] == task.refinement_prompt(question, wrong, wrong_critique["target"])
+    assert refinement["target"] == short_right
+    # all right: a solution only (no pair to balance); all wrong: nothing to learn from
+    assert [r["kind"] for r in demonstrations(task, question, [(short_right, True)] * 2, refinement=True)] == ["solution"]
+    assert demonstrations(task, question, [(wrong, False)] * 2, refinement=True) == []
 
 
 def test_cold_start_from_the_policy_itself(tiny_policy_dir, tmp_path):

@@ -96,7 +96,7 @@ def check_dataset(name: str, config: dict[str, Any]) -> None:
     try:
         config_class(**config).validate()
     except (AssertionError, TypeError, ValueError) as error:  # validate() asserts; a wrong type fails a comparison
-        raise ValueError(f"{name}: invalid config {config}: {error or type(error).__name__}") from error
+        raise ValueError(f"{name}: invalid config {config}: {str(error) or type(error).__name__}") from error
 
 
 class ReasoningGymScorer:
@@ -317,7 +317,7 @@ class ReasoningGymTask:
 
     def entry(self, question: Question) -> dict[str, Any]:
         """The reasoning-gym entry (question, answer, metadata) behind a question of this task."""
-        self.eval_questions(), self.train_questions()
+        self.train_questions()  # generates both sets
         if question.id not in self._entries:
             raise KeyError(f"{question.id!r} is not a question of this task ({self.dataset}, {self.config})")
         return self._entries[question.id]
