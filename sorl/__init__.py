@@ -8,7 +8,7 @@ from sorl.module import GCRLModule
 from sorl.rollout import Round, RolloutContext, Sample
 from sorl.sampler import Sampler
 from sorl.sft import SFTDataModule, SFTModule
-from sorl.tasks import ArithmeticTask, CritiqueExample, MathDataset, MathTask, Question, Task
+from sorl.tasks import ArithmeticTask, CritiqueExample, MathDataset, MathTask, Question, ReasoningGymTask, Task
 from sorl.verify import MathVerifier
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "MathVerifier",
     "PreemptionCheckpoint",
     "Question",
+    "ReasoningGymTask",
     "RewardDenoising",
     "RewardNoise",
     "RolloutCallback",

@@ -2,6 +2,7 @@
 overlay composes with its base, every callback preset swaps in, and every ``sorl`` command line
 that README.md shows parses."""
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -25,6 +26,10 @@ NOT_INSTANTIATED = {
     "fsdp.yaml": True,  # GPUs: Lightning refuses FSDP on CPU
     "smollm2_gsm8k.yaml": not SMOLLM2_DIR.is_dir(),  # python -m sorl.convert --output checkpoints/...
     "smollm2_cold_start.yaml": True,  # examples_file is the user's
+    # a cold-started SmolLM2 (python -m sorl.cold_start, then the SFT config below) and reasoning-gym
+    "smollm2_reasoning_gym.yaml": not (ROOT / "checkpoints" / "smollm2-135m-rgym-cold-start").is_dir()
+    or importlib.util.find_spec("reasoning_gym") is None,
+    "smollm2_reasoning_gym_cold_start.yaml": True,  # examples_file comes from python -m sorl.cold_start
 }
 
 

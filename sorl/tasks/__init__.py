@@ -1,5 +1,7 @@
 from sorl.tasks.arithmetic import ArithmeticTask
 from sorl.tasks.base import CritiqueExample, Question, Task
 from sorl.tasks.math import MathDataset, MathTask
+# reasoning_gym.py imports the reasoning-gym package only when a task is built (pip install 'sorl[reasoning]')
+from sorl.tasks.reasoning_gym import ReasoningGymTask
 
-__all__ = ["ArithmeticTask", "CritiqueExample", "MathDataset", "MathTask", "Question", "Task"]
+__all__ = ["ArithmeticTask", "CritiqueExample", "MathDataset", "MathTask", "Question", "ReasoningGymTask", "Task"]
