@@ -1,38 +1,49 @@
 """Per-dataset evaluation: accuracy per evaluation set and their average, in the table and JSON."""
 
-from lightning.pytorch import Trainer
+from types import SimpleNamespace
 
-from sorl import GCRLModule
+import pytest
+import torch
+
 from sorl.callbacks.evaluation import summary_json, summary_table
+from sorl.evaluation import EvalMetrics
+
+ONE_PROCESS = SimpleNamespace(world_size=1)  # what the reduction over ranks reads
 
 
-def _module() -> GCRLModule:
-    """A module attached to a single-process Trainer, which the reduction over ranks reads."""
-    module = GCRLModule()
-    module.trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    return module
+def _generation(datasets: list[str], correct: list[float]) -> dict:
+    return {"kind": "generation", "datasets": datasets, "correct": torch.tensor(correct), "mean_correct": None}
+
+
+def _critiques(datasets: list[str], predicted: list[int], target: list[int]) -> dict:
+    said_wrong = torch.tensor(predicted, dtype=torch.float32)
+    return {
+        "kind": "critique", "datasets": datasets, "predicted": torch.tensor(predicted), "target": torch.tensor(target),
+        "said_wrong": said_wrong, "no_verdict": torch.zeros(len(predicted)),
+    }  # fmt: skip
 
 
 def test_accuracy_per_set_and_the_mean_over_sets():
-    module = _module()
-    module._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k", "math500", ""], [1.0, 0.0, 1.0, 1.0])
-    module._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k"], [1.0, 1.0])
-    module._add_dataset_sums("crit_acc", ["gsm8k", "gsm8k"], [1.0, 0.0])
-    metrics = module._dataset_metrics()
-    assert metrics == {
+    metrics = EvalMetrics()
+    metrics.update(_generation(["gsm8k", "gsm8k", "math500", ""], [1.0, 0.0, 1.0, 1.0]))
+    metrics.update(_generation(["gsm8k", "gsm8k"], [1.0, 1.0]))
+    metrics.update(_critiques(["gsm8k", "gsm8k"], [1, 0], [1, 1]))
+    values = metrics.compute(ONE_PROCESS)
+    assert values["eval/gen_acc"] == pytest.approx(5 / 6) and values["eval/crit_acc"] == 0.5
+    assert {k: v for k, v in values.items() if "/" in k[5:] or k.endswith("_avg")} == {
         "eval/gen_acc/gsm8k": 0.75,
         "eval/gen_acc/math500": 1.0,
         "eval/gen_acc_avg": 0.875,  # the mean of the sets' accuracies, as in the paper's table
         "eval/crit_acc/gsm8k": 0.5,
         "eval/crit_acc_avg": 0.5,
     }
-    assert module._dataset_metrics() == {}  # reset after computing
+    assert metrics.compute(ONE_PROCESS) == {}  # reset after computing
 
 
 def test_unnamed_questions_give_totals_only():
-    module = _module()
-    module._add_dataset_sums("gen_acc", ["", ""], [1.0, 0.0])
-    assert module._dataset_metrics() == {}
+    metrics = EvalMetrics()
+    metrics.update(_generation(["", ""], [1.0, 0.0]))
+    assert metrics.compute(ONE_PROCESS) == {"eval/gen_acc": 0.5}
 
 
 def test_summary_has_a_row_per_set_and_the_old_keys():
