@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import add_lock_arg, cpu_lock, machine, machine_markdown, markdown_table, plain_table, write_results  # noqa: E402
 from test_verify_fuzz import fuzz_texts  # noqa: E402
 
-from sorl.tasks.math import MathDataset  # noqa: E402
+from sorl.tasks.math_data import MathDataset  # noqa: E402
 from sorl.verify import MathVerifier  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

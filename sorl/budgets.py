@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+from sorl.sampler import Sampler
+from sorl.tasks.base import Question, Task
+
 #: What replaces the cut middle of an embedded response (as text; encode it for token ids).
 TRUNCATION_MARKER = "\n[...]\n"
 
@@ -95,3 +98,21 @@ def truncate_middle(items: Sequence[Item], max_items: int, marker: Sequence[Item
         raise ValueError(f"max_items {max_items} leaves no room for a head and a tail around a marker of {len(marker)}")
     head, tail = (kept + 1) // 2, kept // 2
     return items[:head] + type(items)(marker) + items[len(items) - tail :]
+
+
+def check_template_lengths(
+    task: Task,
+    sampler: Sampler,
+    max_response_tokens: int,
+    max_critique_tokens: int,
+    max_model_len: int,
+    max_embedded_response_tokens: int | None = None,
+) -> None:
+    """:func:`check_length_budgets` for a task's own templates, before any rollout: the prompts of
+    an empty question (and an empty response) encoded as rollouts encode them, plus the bounds
+    (``max_critique_tokens`` 0 when no critique is sampled). A question's own tokens add to both."""
+    empty = Question("", "", "")
+    prompt, critique_prompt = (len(ids) for ids in sampler.encode([task.response_prompt(empty), task.critique_prompt(empty, "")]))
+    check_length_budgets(
+        prompt, max_response_tokens, critique_prompt - prompt, max_critique_tokens, max_model_len, max_embedded_response_tokens
+    )

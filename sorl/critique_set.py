@@ -21,7 +21,7 @@ from sorl.rewards import is_right
 from sorl.sampler import Sampler
 from sorl.policy import DType, load_policy, load_tokenizer
 from sorl.tasks.base import CritiqueExample, Task
-from sorl.tasks.math import write_critique_set
+from sorl.tasks.critique_sets import write_critique_set
 
 
 def build_critique_set(

@@ -11,9 +11,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -24,16 +22,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sorl.batching import RoundBatches, round_batches
-from sorl.budgets import check_length_budgets
+from sorl.budgets import check_template_lengths
+from sorl.cache import CritiqueCache
 from sorl.callbacks.base import RolloutCallback
 from sorl.distributed import full_parameters, reduce, reduce_sums, rng_states, set_rng_states
 from sorl.engines.base import RolloutEngine, SamplingParams
 from sorl.engines.hf import HFEngine
-from sorl.evaluation import balanced_head, score_critiques, score_generation
+from sorl.evaluation import evaluation_items
 from sorl.rollout import Round, RolloutContext, Sample, assign_advantages, check_sizes, critique_candidates, right_share, round_sums
 from sorl.rollout import sample_critiques, sample_responses
 from sorl.sampler import Sampler, derive_seed
-from sorl.tasks.base import CritiqueExample, Question, Task
+from sorl.tasks.base import Question, Task
 
 Mode = Literal["g_rl", "c_rl", "gc_rl"]
 
@@ -135,7 +134,6 @@ class RolloutDataModule(LightningDataModule):
         self.responses_per_question = responses_per_question
         self.critique_pairs_per_round = critique_pairs_per_round
         self.critiques_per_response = critiques_per_response
-        self.critique_data = critique_data
         self.max_embedded_response_tokens = max_embedded_response_tokens
         self.response_sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_response_tokens)
         self.critique_sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_critique_tokens)
@@ -154,8 +152,7 @@ class RolloutDataModule(LightningDataModule):
         self.sampler: Sampler | None = None  # built on first use, with the module's tokenizer
         # State that a checkpoint carries (see state_dict).
         self.round_index = 0
-        self.cache: deque[CritiqueExample] = deque(maxlen=cache_size)
-        self.cache_frozen = False
+        self.cache = CritiqueCache(cache_size, static=critique_data == "static")
         self._question_order: list[int] | None = None  # a seeded permutation of the training pool
         self.last_round: Round | None = None
         # The current round's batch schedule; trained entries become None once a resume skips them.
@@ -185,13 +182,7 @@ class RolloutDataModule(LightningDataModule):
         """This rank's evaluation, sampled now with the current policy: one scored item of held-out
         questions and one of critique examples, on every rank (even with an empty shard)."""
         context = self.rollout_context()
-        rank, world = context.rank, self.trainer.world_size
-        questions = list(self.task.eval_questions())[: self.eval_max_questions][rank::world]
-        examples = balanced_head(self.task.critique_eval_set(), self.eval_max_questions)[rank::world]
-        items = [
-            score_generation(context.sampler, self.task, questions, self.response_sampling, self.eval_samples, rank),
-            score_critiques(context.sampler, self.task, examples, self.critique_sampling.max_new_tokens, rank),
-        ]
+        items = evaluation_items(context, self.trainer.world_size, self.eval_max_questions, self.eval_samples)
         return DataLoader(RoundBatches(items), batch_size=None, collate_fn=lambda item: item)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -204,8 +195,7 @@ class RolloutDataModule(LightningDataModule):
         frozen, the untrained rest of an interrupted round and the RNG states. Called on every
         rank when a checkpoint is saved."""
         rank_state = {
-            "cache": [{"question": asdict(p.question), "response": p.response, "is_right": p.is_right} for p in self.cache],
-            "cache_frozen": self.cache_frozen,  # each rank freezes its own cache
+            **self.cache.state_dict(),  # each rank's own cache, frozen or not
             "pending_batches": [],
             "pending_skipped": 0,
             "rng": rng_states(),
@@ -229,10 +219,7 @@ class RolloutDataModule(LightningDataModule):
             )
         rank_state = state["ranks"][rank]
         self.round_index = state["round_index"]
-        self.cache_frozen = rank_state["cache_frozen"]
-        self.cache.clear()
-        for pair in rank_state["cache"]:
-            self.cache.append(CritiqueExample(Question(**pair["question"]), pair["response"], pair["is_right"]))
+        self.cache.load_state_dict(rank_state)
         if rank_state["pending_batches"]:
             self._resumed_round = (rank_state["pending_batches"], rank_state["pending_skipped"])
         set_rng_states(rank_state["rng"])
@@ -246,22 +233,15 @@ class RolloutDataModule(LightningDataModule):
             self.sampler = Sampler(
                 self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed, lambda: full_parameters(self.trainer)
             )
-            self.check_lengths(self.engine.max_model_len or module.policy.config.max_position_embeddings)
+            check_template_lengths(
+                self.task, self.sampler, self.response_sampling.max_new_tokens, self.critique_sampling.max_new_tokens if self.mode != "g_rl" else 0,
+                self.engine.max_model_len or module.policy.config.max_position_embeddings, self.max_embedded_response_tokens,
+            )  # fmt: skip
         with full_parameters(self.trainer):
             self.engine.sync_weights(module.policy)
         return RolloutContext(
             self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank,
             self.engine_logprobs, self.max_embedded_response_tokens,
-        )
-
-    def check_lengths(self, max_model_len: int) -> None:
-        """Refuses bounds whose sequences cannot fit ``max_model_len``: the templates' own tokens
-        (the prompts of an empty question and response) plus the generation bounds."""
-        empty = Question("", "", "")
-        prompt, critique_prompt = (len(ids) for ids in self.sampler.encode([self.task.response_prompt(empty), self.task.critique_prompt(empty, "")]))
-        critique = self.critique_sampling.max_new_tokens if self.mode != "g_rl" else 0
-        check_length_budgets(
-            prompt, self.response_sampling.max_new_tokens, critique_prompt - prompt, critique, max_model_len, self.max_embedded_response_tokens
         )
 
     def build_round(self, context: RolloutContext) -> Round:
@@ -305,11 +285,9 @@ class RolloutDataModule(LightningDataModule):
             callback.on_cache_update(self.trainer, context, round_)
         if round_.candidates:  # none left: nothing entered the cache, no share to log
             round_.metrics["rollout/right_share_after"] = right_share(round_.candidates)
-        if not self.cache_frozen:
-            self.cache.extend(round_.candidates)
-            self.cache_frozen = self.critique_data == "static" and len(self.cache) > 0
+        self.cache.add(round_.candidates)
         rng = random.Random(derive_seed(self.seed, "critique_pairs", self.round_index, context.rank))
-        round_.critique_pairs = rng.sample(list(self.cache), min(self.critique_pairs_per_round, len(self.cache)))
+        round_.critique_pairs = self.cache.draw(self.critique_pairs_per_round, rng)
         round_.metrics["rollout/critique_pairs"] = float(len(round_.critique_pairs))
         if not round_.critique_pairs:
             rank_zero_info(

@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPre
 from sorl.distributed import reduce_sums
 from sorl.engines.base import SamplingParams
 from sorl.rewards import is_right
+from sorl.rollout import RolloutContext
 from sorl.sampler import Sampler
 from sorl.tasks.base import CritiqueExample, Question, Task
 
@@ -57,6 +58,18 @@ def score_critiques(
         "said_wrong": torch.tensor([v is False for v in verdicts], dtype=torch.float32),
         "no_verdict": torch.tensor([v is None for v in verdicts], dtype=torch.float32),
     }
+
+
+def evaluation_items(context: RolloutContext, world: int, max_questions: int | None, eval_samples: int) -> list[dict[str, Any]]:
+    """This rank's scored evaluation: one item of held-out questions and one of critique examples
+    (of at most ``max_questions`` each, the critique set kept balanced), even with an empty shard."""
+    task, sampler, rank = context.task, context.sampler, context.rank
+    questions = list(task.eval_questions())[:max_questions][rank::world]
+    examples = balanced_head(task.critique_eval_set(), max_questions)[rank::world]
+    return [
+        score_generation(sampler, task, questions, context.response_sampling, eval_samples, rank),
+        score_critiques(sampler, task, examples, context.critique_sampling.max_new_tokens, rank),
+    ]
 
 
 class EvalMetrics(nn.Module):

@@ -53,7 +53,7 @@ class RecordCache(Callback):
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
         entry = {
             "round": datamodule.round_index - 1,
-            "frozen": datamodule.cache_frozen,
+            "frozen": datamodule.cache.frozen,
             "cache": [[p.question.id, p.response, p.is_right] for p in datamodule.cache],
         }
         with (Path(self.dirpath) / f"cache-rank{trainer.global_rank}.jsonl").open("a") as handle:

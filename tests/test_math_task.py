@@ -7,7 +7,10 @@ import pytest
 
 from conftest import SHARED_DATA
 from sorl.tasks.base import Question
-from sorl.tasks.math import MathDataset, MathTask, extract_gold, last_boxed, read_critique_set, write_critique_set
+from sorl.tasks.critique_sets import read_critique_set, write_critique_set
+from sorl.tasks.math import MathTask
+from sorl.tasks.math_data import MathDataset, extract_gold
+from sorl.verify import last_boxed
 from sorl.tasks.base import CritiqueExample
 
 pytest.importorskip("math_verify", reason="MathTask verifies with math-verify: pip install -e '.[math]'")

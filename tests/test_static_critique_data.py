@@ -70,7 +70,7 @@ def test_each_rank_restores_its_own_frozen_flag():
         datamodule = RolloutDataModule(ArithmeticTask(num_eval=2), critique_data="static")
         datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2)
         datamodule.load_state_dict(state)
-        restored.append((datamodule.cache_frozen, [p.question.id for p in datamodule.cache]))
+        restored.append((datamodule.cache.frozen, [p.question.id for p in datamodule.cache]))
     assert restored == [(True, ["a"]), (False, [])]
 
 
