@@ -69,10 +69,11 @@ def architecture_of(config: dict[str, Any], model_config_file: str | None = None
         return Architecture.from_config(json.loads((Path(path) / "config.json").read_text()))
     name = Path(path).name.lower().removesuffix(".gguf")
     for key in sorted(KNOWN_ARCHITECTURES, key=len, reverse=True):
-        if name == key or name.startswith(key + "-instruct") or name.startswith(key + "."):
+        # the model's own name, or a folder named after it (a fine-tune: smollm2-135m-rgym-cold-start)
+        if name == key or name.startswith(key + "-") or name.startswith(key + "."):
             return Architecture.from_config(KNOWN_ARCHITECTURES[key])
     raise ValueError(
-        f"the architecture of {path!r} is unknown here (no config.json, not in sorl.plan.KNOWN_ARCHITECTURES): "
+        f"the architecture of {path!r} is unknown here (no config.json, not in sorl.memory.KNOWN_ARCHITECTURES): "
         "pass --model-config path/to/config.json"
     )
 

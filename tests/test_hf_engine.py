@@ -40,7 +40,7 @@ def hostile_policy_dir(tmp_path: Path) -> str:
 def _prompts(tokenizer) -> list[list[int]]:
     task = ArithmeticTask()
     questions = task.eval_questions()[:4]
-    return [tokenizer(task.answer_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+    return [tokenizer(task.response_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
 
 
 @torch.no_grad()
