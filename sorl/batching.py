@@ -193,3 +193,21 @@ class RoundBatches(IterableDataset):
     def __len__(self) -> int:
         # The round's full length: Lightning's restored batch position counts the skipped ones.
         return self.skipped + len(self.batches)
+
+
+class SampledOnIteration(IterableDataset):
+    """Items made by ``make()`` each time the dataset is iterated (evaluation: sampled with the
+    policy as it is then, not as it was when Lightning built the dataloader)."""
+
+    def __init__(self, make: Callable[[], list[dict[str, Any]]], length: int) -> None:
+        self.make = make
+        self.length = length
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        items = self.make()
+        if len(items) != self.length:
+            raise RuntimeError(f"expected {self.length} items, made {len(items)}")
+        return iter(items)
+
+    def __len__(self) -> int:
+        return self.length

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sorl.batching import RoundBatches, round_batches
+from sorl.batching import RoundBatches, SampledOnIteration, round_batches
 from sorl.budgets import check_template_lengths
 from sorl.cache import CritiqueCache
 from sorl.callbacks.base import RolloutCallback
@@ -179,11 +179,16 @@ class RolloutDataModule(LightningDataModule):
         return DataLoader(RoundBatches(batches), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        """This rank's evaluation, sampled now with the current policy: one scored item of held-out
-        questions and one of critique examples, on every rank (even with an empty shard)."""
-        context = self.rollout_context()
-        items = evaluation_items(context, self.trainer.world_size, self.eval_max_questions, self.eval_samples)
-        return DataLoader(RoundBatches(items), batch_size=None, collate_fn=lambda item: item)
+        """This rank's evaluation: one scored item of held-out questions and one of critique
+        examples, on every rank (even with an empty shard). Sampled when the loop iterates it, so
+        every evaluation sees the current policy whatever Lightning's reload policy; a sanity check
+        scores two of each only."""
+
+        def items() -> list[dict[str, Any]]:
+            cap = 2 if self.trainer.sanity_checking else self.eval_max_questions
+            return evaluation_items(self.rollout_context(), self.trainer.world_size, cap, self.eval_samples)
+
+        return DataLoader(SampledOnIteration(items, length=2), batch_size=None, collate_fn=lambda item: item)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if "kind" in batch:  # scored evaluation items: the metrics move them

@@ -62,3 +62,22 @@ def test_summary_has_a_row_per_set_and_the_old_keys():
         "average": ["0.200", "0.400", "-", "0.600"],
     }
     assert "dataset" not in summary_table({"eval/gen_acc": 0.2}, {"eval/gen_acc": 0.3})
+
+
+def test_evaluation_is_sampled_when_iterated_with_the_current_policy():
+    """The evaluation loader samples each time it is iterated: a validation after training scores
+    the trained policy even when Lightning reuses a loader built before (e.g. for a sanity check)."""
+    from sorl import ArithmeticTask, GCRLModule, RolloutDataModule
+
+    module = GCRLModule()
+    module.configure_model()
+    datamodule = RolloutDataModule(ArithmeticTask(num_eval=4), eval_samples=0, eval_max_questions=4)
+    datamodule.trainer = SimpleNamespace(sanity_checking=False, world_size=1, global_rank=0, lightning_module=module, strategy=None)
+    loader = datamodule.val_dataloader()
+    before = list(loader)[1]["no_verdict"]
+    with torch.no_grad():
+        module.policy.lm_head.weight.zero_()  # every token equally likely: greedy writes no verdict
+    after = list(loader)[1]["no_verdict"]
+    assert before.sum() < len(before) and after.sum() == len(after) == 4
+    datamodule.trainer.sanity_checking = True
+    assert len(list(loader)[0]["correct"]) == 2  # a sanity check scores two questions only
