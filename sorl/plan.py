@@ -164,34 +164,16 @@ def setting_from_config(
     return setting, budget
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m sorl.plan", description="Per-GPU memory estimate of a sorl config.")
-    parser.add_argument("--config", action="append", required=True, help="YAML file; repeat to overlay")
-    parser.add_argument("--world-size", type=int, default=None, help="ranks in all (default: trainer.devices x num_nodes)")
-    parser.add_argument("--gpu-memory-gib", type=float, default=80.0)
-    parser.add_argument("--model-config", default=None, help="a config.json giving the policy's architecture")
-    parser.add_argument("--max-prompt-tokens", type=int, default=512, help="longest answer prompt (assumed)")
-    parser.add_argument("--critique-overhead-tokens", type=int, default=128, help="critique template's tokens (assumed)")
-    options = parser.parse_args(args)
-    config = load_config(options.config)
-    trainer = config.get("trainer", {})
-    devices = trainer.get("devices", 1)
-    world_size = options.world_size or (devices if isinstance(devices, int) else 1) * trainer.get("num_nodes", 1)
-    gpu = options.gpu_memory_gib
-    arch = architecture_of(config, options.model_config)
-    setting, budget = setting_from_config(config, arch, world_size, options.max_prompt_tokens, options.critique_overhead_tokens)
-    parts = plan_memory(arch, setting, gpu)
-    try:
-        check_length_budgets(**budget)
-        budget_error = None
-    except ValueError as error:
-        budget_error = str(error)
-
+def report(
+    configs: list[str], arch: Architecture, setting: Setting, parts: dict[str, int], gpu: float,
+    budget: dict[str, Any], budget_error: str | None,
+) -> dict[str, Any]:
+    """Prints the plan's table; returns its JSON summary."""
     def gib(name: str) -> float:
         return round(parts[name] / GIB, 2)
 
     total = parts["total"] / GIB
-    print(f"{', '.join(options.config)}: {arch.num_parameters / 1e9:.3f}B parameters, world size {world_size}, "
+    print(f"{', '.join(configs)}: {arch.num_parameters / 1e9:.3f}B parameters, world size {setting.world_size}, "
           f"{'FSDP' + (' per decoder layer' if setting.auto_wrap else ' (one unit: no auto_wrap_policy)') if setting.fsdp else 'replicated'}, "
           f"params {setting.param_bytes} B, compute {setting.compute_bytes} B")
     print(f"  micro-batch {setting.micro_batch} x {setting.sequence_tokens} tokens, {setting.completion_tokens} completion positions")
@@ -224,13 +206,40 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "fits": fits,
         "margin": round(1 - total / gpu, 3),
         "gpu_memory_gib": gpu,
-        "world_size": world_size,
+        "world_size": setting.world_size,
         "num_parameters": arch.num_parameters,
         "parts": {name: gib(name) for name in parts if name != "total"},
         "setting": asdict(setting),
         "vllm_kv_cache_tokens": kv_tokens,
         "length_budget_error": budget_error,
     }
+    return result
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m sorl.plan", description="Per-GPU memory estimate of a sorl config.")
+    parser.add_argument("--config", action="append", required=True, help="YAML file; repeat to overlay")
+    parser.add_argument("--world-size", type=int, default=None, help="ranks in all (default: trainer.devices x num_nodes)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    parser.add_argument("--model-config", default=None, help="a config.json giving the policy's architecture")
+    parser.add_argument("--max-prompt-tokens", type=int, default=512, help="longest answer prompt (assumed)")
+    parser.add_argument("--critique-overhead-tokens", type=int, default=128, help="critique template's tokens (assumed)")
+    options = parser.parse_args(args)
+    config = load_config(options.config)
+    trainer = config.get("trainer", {})
+    devices = trainer.get("devices", 1)
+    world_size = options.world_size or (devices if isinstance(devices, int) else 1) * trainer.get("num_nodes", 1)
+    gpu = options.gpu_memory_gib
+    arch = architecture_of(config, options.model_config)
+    setting, budget = setting_from_config(config, arch, world_size, options.max_prompt_tokens, options.critique_overhead_tokens)
+    parts = plan_memory(arch, setting, gpu)
+    try:
+        check_length_budgets(**budget)
+        budget_error = None
+    except ValueError as error:
+        budget_error = str(error)
+
+    result = report(options.config, arch, setting, parts, gpu, budget, budget_error)
     print(json.dumps(result))
     return result
 
