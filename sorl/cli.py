@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 # jsonargparse's message when no type of a Union (``Optional[LightningModule]`` for ``model``, say)
@@ -27,6 +30,15 @@ class SorlCLI(LightningCLI):
             # Raised outside the except block, so the union message (which ends with a dump of the
             # whole config) is not printed after it; the cause's own chain is printed above it.
             raise cause
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # TQDM rather than Rich as the default bar: Rich's live display prints a blank line when it
+        # stops at the very end, after the Evaluation callback's summary JSON, which must come last.
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = list(trainer.get("callbacks") or [])
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, TQDMProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)

@@ -94,3 +94,13 @@ def test_bad_value_names_the_key(capsys):
     with pytest.raises(SystemExit):
         build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--data.responses_per_question", "many"], run=False)
     assert "responses_per_question" in capsys.readouterr().err
+
+
+def test_the_default_bar_is_tqdm_so_the_summary_json_prints_last():
+    # Rich's live display prints a blank line when it stops, after the Evaluation callback's JSON
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    cli = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml")], run=False)
+    assert isinstance(cli.trainer.progress_bar_callback, TQDMProgressBar)
+    quiet = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--trainer.enable_progress_bar=false"], run=False)
+    assert quiet.trainer.progress_bar_callback is None
