@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sorl.data import RolloutDataModule, balanced_head
+from sorl.data import RolloutDataModule
+from sorl.evaluation import balanced_head
 from sorl.rollout import Round, Sample, assign_advantages
 from sorl.engines import Completion
 from sorl.loss import GRPOLoss
