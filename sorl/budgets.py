@@ -45,7 +45,8 @@ def check_length_budgets(
         max_prompt_tokens: longest answer prompt (question in its template, chat markup included).
         max_response_tokens: the response bound (``max_response_tokens`` of the DataModule).
         critique_prompt_overhead: tokens a critique prompt adds to the answer prompt and the
-            response it embeds (its instructions and markup): its length minus theirs.
+            response it embeds (its instructions and markup): its length minus theirs; negative
+            when the critique template is the shorter one.
         max_critique_tokens: the critique bound.
         max_model_len: the engine's longest prompt + completion, or ``None``.
         max_embedded_response_tokens: the most response tokens a critique prompt embeds, or ``None``.
@@ -53,8 +54,9 @@ def check_length_budgets(
     for name, value in [
         ("max_prompt_tokens", max_prompt_tokens),
         ("max_response_tokens", max_response_tokens),
-        ("critique_prompt_overhead", critique_prompt_overhead),
         ("max_critique_tokens", max_critique_tokens),
+        # negative when the critique template is shorter than the answer template, never below it
+        ("max_prompt_tokens + critique_prompt_overhead", max_prompt_tokens + critique_prompt_overhead),
     ]:
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")

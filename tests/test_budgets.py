@@ -95,3 +95,12 @@ def test_a_long_response_is_cut_from_the_middle_in_critique_prompts():
     cut = embedded_response(context, long)
     assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 21  # seams may re-tokenize by one
     assert cut.startswith("1+2=3;") and cut.endswith("A:3") and "[...]" in cut
+
+
+def test_a_critique_template_shorter_than_the_answer_template():
+    # critique prompt 15 tokens, answer prompt 20: the overhead is -5, and both sequences fit 100
+    check_length_budgets(20, 40, -5, 40, max_model_len=100)
+    with pytest.raises(ValueError, match="critique sequences need up to 20 .* = 101 tokens"):
+        check_length_budgets(20, 40, -5, 46, max_model_len=100)
+    with pytest.raises(ValueError, match="max_prompt_tokens \\+ critique_prompt_overhead must be >= 0"):
+        check_length_budgets(2, 40, -5, 40, max_model_len=100)
