@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 
 def reduce(trainer: Any, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:
@@ -57,6 +59,34 @@ def shard_policy(policy: torch.nn.Module, mesh: DeviceMesh, mp_policy: MixedPrec
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=True, mp_policy=mp_policy)
     fully_shard(policy, mesh=mesh, reshard_after_forward=False, mp_policy=mp_policy)
+
+
+def meta_copy(trainer: Any, full: PreTrainedModel | None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """On every rank, a model without storage (meta device) shaped like rank zero's loaded ``full``
+    (``None`` on the other ranks): the same config, dtype and generation config, sent from rank zero,
+    so that only rank zero ever holds the whole model. Shard it, then :func:`load_from_rank_zero`."""
+    sent = (full.config, full.generation_config, full.dtype) if full is not None else None
+    config, generation_config, dtype = trainer.strategy.broadcast(sent)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.generation_config = generation_config  # the engine reads its EOS ids; export writes it
+    return model.train()
+
+
+def load_from_rank_zero(trainer: Any, model: torch.nn.Module, full: PreTrainedModel | None) -> None:
+    """Fills ``model`` (a :func:`meta_copy`, already sharded) with rank zero's ``full`` weights:
+    each tensor is broadcast from rank zero and each rank keeps its own shard of it."""
+    model.to_empty(device=trainer.strategy.root_device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full.state_dict() if full is not None else {}, options=options)
+    # Buffers are not sharded and partly not in the state dict (rotary ``inv_freq`` is
+    # non-persistent): rank zero's are copied whole.
+    full_buffers = dict(full.named_buffers()) if full is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if full is not None:
+                buffer.copy_(full_buffers[name])
+            torch.distributed.broadcast(buffer, src=0)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
-from sorl.distributed import shard_policy
+from sorl.distributed import load_from_rank_zero, meta_copy, shard_policy
 from sorl.evaluation import EvalMetrics
 from sorl.loss import GRPOLoss
 from sorl.policy import DType, completion_logprobs, load_policy, load_tokenizer
@@ -110,26 +110,33 @@ class GCRLModule(LightningModule):
                 "FSDPStrategy (FSDP1) would gather parameters layer by layer inside generate, where ranks "
                 "run different numbers of decode steps"
             )
-        # from_pretrained returns eval mode, and Lightning keeps the modes it finds
-        self.policy = load_policy(self.model_path, self.model_config, self.dtype_name, self.trust_remote_code).train()
+        mesh = self.device_mesh
+        if mesh is not None and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "sorl applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size=<number of "
+                f"processes>, tensor_parallel_size=1) (got the mesh {mesh})"
+            )
+        # Sharded: only rank zero loads the model; the others build it without storage and receive
+        # their shards from rank zero (no whole copy on every rank).
+        full = None
+        if mesh is None or self.trainer.is_global_zero:
+            # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+            full = load_policy(self.model_path, self.model_config, self.dtype_name, self.trust_remote_code).train()
+        self.policy = full if mesh is None else meta_copy(self.trainer, full, self.trust_remote_code)
         if self.gradient_checkpointing:
             # non-reentrant: the variant that composes with FSDP2's hooks (and is torch's recommendation)
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.loss.beta > 0:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        if self.device_mesh is None:
+        if mesh is None:
             return
-        if self.device_mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                "sorl applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size=<number of "
-                f"processes>, tensor_parallel_size=1) (got the mesh {self.device_mesh})"
-            )
         mp_policy = MixedPrecisionPolicy()
         if self.trainer.precision == "bf16-mixed":
             mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for model in (self.policy, self.reference):
             if model is not None:
-                shard_policy(model, self.device_mesh["data_parallel"], mp_policy)
+                shard_policy(model, mesh["data_parallel"], mp_policy)
+                load_from_rank_zero(self.trainer, model, full)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
