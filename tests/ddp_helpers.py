@@ -92,3 +92,14 @@ class RecordCache(Callback):
         }
         with (Path(self.dirpath) / f"cache-rank{trainer.global_rank}.jsonl").open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
+
+
+class SaveMetrics(Callback):
+    """Rank zero writes the logged metrics (``trainer.callback_metrics``) as JSON after validation."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            Path(self.path).write_text(json.dumps({name: float(value) for name, value in trainer.callback_metrics.items()}))
