@@ -2,37 +2,32 @@
 
 from lightning.pytorch import Trainer
 
-from sorl import GCRLModule
 from sorl.callbacks.evaluation import summary_json, summary_table
+from sorl.evaluation import EvalMetrics
 
-
-def _module() -> GCRLModule:
-    """A module attached to a single-process Trainer, which the reduction over ranks reads."""
-    module = GCRLModule()
-    module.trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    return module
+TRAINER = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)  # one process
 
 
 def test_accuracy_per_set_and_the_mean_over_sets():
-    module = _module()
-    module._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k", "math500", ""], [1.0, 0.0, 1.0, 1.0])
-    module._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k"], [1.0, 1.0])
-    module._add_dataset_sums("crit_acc", ["gsm8k", "gsm8k"], [1.0, 0.0])
-    metrics = module._dataset_metrics()
-    assert metrics == {
+    metrics = EvalMetrics()
+    metrics._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k", "math500", ""], [1.0, 0.0, 1.0, 1.0])
+    metrics._add_dataset_sums("gen_acc", ["gsm8k", "gsm8k"], [1.0, 1.0])
+    metrics._add_dataset_sums("crit_acc", ["gsm8k", "gsm8k"], [1.0, 0.0])
+    computed = metrics.compute(TRAINER)
+    assert computed == {
         "eval/gen_acc/gsm8k": 0.75,
         "eval/gen_acc/math500": 1.0,
         "eval/gen_acc_avg": 0.875,  # the mean of the sets' accuracies, as in the paper's table
         "eval/crit_acc/gsm8k": 0.5,
         "eval/crit_acc_avg": 0.5,
     }
-    assert module._dataset_metrics() == {}  # reset after computing
+    assert metrics.compute(TRAINER) == {}  # reset after computing
 
 
 def test_unnamed_questions_give_totals_only():
-    module = _module()
-    module._add_dataset_sums("gen_acc", ["", ""], [1.0, 0.0])
-    assert module._dataset_metrics() == {}
+    metrics = EvalMetrics()
+    metrics._add_dataset_sums("gen_acc", ["", ""], [1.0, 0.0])
+    assert metrics.compute(TRAINER) == {}
 
 
 def test_summary_has_a_row_per_set_and_the_old_keys():
