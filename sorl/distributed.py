@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 
 def reduce(trainer: Any, tensor: torch.Tensor, op: Literal["sum", "max"]) -> torch.Tensor:
@@ -36,18 +39,82 @@ def reduce_sums(trainer: Any, sums: dict[str, Sequence[float]]) -> dict[str, flo
     return {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
 
 
+def shard_policy(policy: torch.nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy) -> None:
+    """FSDP2 (``fully_shard``) on each decoder layer, then on the root (embeddings, final norm,
+    head), over ``mesh``: one all-gather and one reduce-scatter per layer.
+
+    Decoder layers are the modules whose class the model names in ``_no_split_modules`` (the list
+    transformers and accelerate shard by), so no architecture is named here. Layers free their
+    gathered parameters after forward and gather them again in backward; the root keeps its own
+    (FSDP2's default for the root, which backward needs first). :func:`full_parameters` restores
+    exactly these settings after sampling.
+    """
+    layer_names = set(policy._no_split_modules or ())
+    layers = [m for m in policy.modules() if type(m).__name__ in layer_names]
+    if not layers:
+        raise ValueError(
+            f"{type(policy).__name__} names no decoder layer class in _no_split_modules ({sorted(layer_names)}): "
+            "cannot shard it per layer"
+        )
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True, mp_policy=mp_policy)
+    fully_shard(policy, mesh=mesh, reshard_after_forward=False, mp_policy=mp_policy)
+
+
+def meta_copy(trainer: Any, full: PreTrainedModel | None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """On every rank, a model without storage (meta device) shaped like rank zero's loaded ``full``
+    (``None`` on the other ranks): the same config, dtype and generation config, sent from rank zero,
+    so that only rank zero ever holds the whole model. Shard it, then :func:`load_from_rank_zero`."""
+    sent = (full.config, full.generation_config, full.dtype) if full is not None else None
+    config, generation_config, dtype = trainer.strategy.broadcast(sent)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.generation_config = generation_config  # the engine reads its EOS ids; export writes it
+    return model.train()
+
+
+def load_from_rank_zero(trainer: Any, model: torch.nn.Module, full: PreTrainedModel | None) -> None:
+    """Fills ``model`` (a :func:`meta_copy`, already sharded) with rank zero's ``full`` weights:
+    each tensor is broadcast from rank zero and each rank keeps its own shard of it."""
+    model.to_empty(device=trainer.strategy.root_device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full.state_dict() if full is not None else {}, options=options)
+    # Buffers are not sharded and partly not in the state dict (rotary ``inv_freq`` is
+    # non-persistent): rank zero's are copied whole.
+    full_buffers = dict(full.named_buffers()) if full is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if full is not None:
+                buffer.copy_(full_buffers[name])
+            torch.distributed.broadcast(buffer, src=0)
+
+
 @contextmanager
 def full_parameters(trainer: Any) -> Iterator[None]:
-    """Whole parameters on every rank while sampling or syncing an engine, when the strategy
-    shards them (Lightning's ``FSDPStrategy``); nothing to do for other strategies. Like TRL's
-    ``unwrap_model_for_generation``: each rank then needs memory for the full policy."""
-    if not isinstance(trainer.strategy, FSDPStrategy):
+    """Whole parameters on every rank while sampling or syncing an engine, when the policy is
+    sharded with FSDP2 (:func:`shard_policy`); nothing to do otherwise.
+
+    Ranks sample different prompts for different numbers of decode steps, so no collective may
+    run inside ``generate``: every sharded module is all-gathered once here (the same collectives
+    on every rank) and told not to free its parameters after forward; FSDP2's forward hooks then
+    find them gathered and communicate nothing. Afterwards the shards are put back. Like TRL's
+    ``unwrap_model_for_generation``: each rank needs memory for one whole policy meanwhile.
+    """
+    policy = trainer.lightning_module.policy
+    if not isinstance(policy, FSDPModule):
         yield
         return
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False, recurse=True):
+    sharded = [m for m in policy.modules() if isinstance(m, FSDPModule)]
+    for module in sharded:
+        module.unshard()
+        module.set_reshard_after_forward(False, recurse=False)
+    try:
         yield
+    finally:
+        for module in sharded:
+            module.reshard()
+        policy.set_reshard_after_forward(True)  # the layers' setting (see shard_policy) ...
+        policy.set_reshard_after_forward(False, recurse=False)  # ... and the root's
 
 
 def rng_states() -> dict[str, Any]:

@@ -9,6 +9,7 @@ Both are also reported per evaluation set (``Question.dataset``) and as their me
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
 
-from sorl.distributed import reduce_sums
+from sorl.distributed import reduce, reduce_sums
 from sorl.engines.base import SamplingParams
 from sorl.rewards import is_right
 from sorl.rollout import RolloutContext
@@ -116,9 +117,15 @@ class EvalMetrics(nn.Module):
         """``eval/<metric>`` totals, per set ``eval/<metric>/<dataset>`` and the mean over sets
         ``eval/<metric>_avg`` (the paper's average), synchronised over ranks; then resets."""
         values = {}
-        for name, metric in [*self.means.items(), *self.critique.items()]:
-            if metric.update_count > 0:
-                values[f"eval/{name}"] = float(metric.compute())
+        metrics = [*self.means.items(), *self.critique.items()]
+        # compute() synchronises over ranks, so every rank calls it or none: a rank whose shard of
+        # the evaluation set is empty (fewer items than ranks) adds its zero states.
+        counts = reduce(trainer, torch.tensor([float(metric.update_count) for _, metric in metrics]), "sum")
+        for (name, metric), count in zip(metrics, counts.tolist()):
+            if count > 0:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                    values[f"eval/{name}"] = float(metric.compute())
             metric.reset()
         sums, self.dataset_sums = self.dataset_sums, {}
         per_set = reduce_sums(trainer, sums)

@@ -10,19 +10,32 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
+
+from sorl.distributed import load_from_rank_zero, meta_copy, shard_policy
 from sorl.evaluation import EvalMetrics
 from sorl.loss import GRPOLoss
 from sorl.policy import LOGPROB_CHUNK_SIZE, DType, completion_logprobs, load_policy, load_tokenizer
 
 
 def export_policy(trainer: Any, policy: Any, tokenizer: Any, export_dir: str | None) -> Path:
-    """``save_pretrained`` of policy and tokenizer, by rank zero, to ``export_dir`` or ``<log_dir>/hf``."""
+    """``save_pretrained`` of policy and tokenizer, by rank zero, to ``export_dir`` or ``<log_dir>/hf``.
+
+    A policy sharded with FSDP2 is first gathered whole by all ranks together (a collective; with
+    ``cpu_offload`` only rank zero keeps the tensors, on the CPU), and rank zero writes those.
+    """
     target = Path(export_dir) if export_dir else Path(trainer.log_dir or trainer.default_root_dir) / "hf"
+    state_dict = None
+    if isinstance(policy, FSDPModule):
+        state_dict = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        policy.save_pretrained(target)
+        policy.save_pretrained(target, state_dict=state_dict)
         tokenizer.save_pretrained(target)
         rank_zero_info(f"Exported the trained policy to {target}")
     trainer.strategy.barrier()
@@ -86,14 +99,49 @@ class GCRLModule(LightningModule):
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
+        """Loads the policy (and the reference); under Lightning's ``ModelParallelStrategy``
+        (which sets ``self.device_mesh``) shards both with FSDP2 per decoder layer over the
+        mesh's ``data_parallel`` dimension (:func:`~sorl.distributed.shard_policy`).
+
+        With ``precision: bf16-mixed`` the sharded layers compute in bfloat16 and reduce
+        gradients in float32 (FSDP2's ``MixedPrecisionPolicy``; the float32 shards stay the
+        optimizer's master weights); bfloat16 runs on CPUs too, so no device is excluded here.
+        """
         if self.policy is not None:
             return
-        # from_pretrained returns eval mode, and Lightning keeps the modes it finds
-        self.policy = load_policy(self.model_path, self.model_config, self.dtype_name, self.trust_remote_code).train()
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                "sorl shards with FSDP2 through Lightning's ModelParallelStrategy (configs/strategy/fsdp.yaml); "
+                "FSDPStrategy (FSDP1) would gather parameters layer by layer inside generate, where ranks "
+                "run different numbers of decode steps"
+            )
+        mesh = self.device_mesh
+        if mesh is not None and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "sorl applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size=<number of "
+                f"processes>, tensor_parallel_size=1) (got the mesh {mesh})"
+            )
+        # Sharded: only rank zero loads the model; the others build it without storage and receive
+        # their shards from rank zero (no whole copy on every rank).
+        full = None
+        if mesh is None or self.trainer.is_global_zero:
+            # from_pretrained returns eval mode, and Lightning keeps the modes it finds
+            full = load_policy(self.model_path, self.model_config, self.dtype_name, self.trust_remote_code).train()
+        self.policy = full if mesh is None else meta_copy(self.trainer, full, self.trust_remote_code)
         if self.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            # non-reentrant: the variant that composes with FSDP2's hooks (and is torch's recommendation)
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.loss.beta > 0:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if mesh is None:
+            return
+        mp_policy = MixedPrecisionPolicy()
+        if self.trainer.precision == "bf16-mixed":
+            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for model in (self.policy, self.reference):
+            if model is not None:
+                shard_policy(model, mesh["data_parallel"], mp_policy)
+                load_from_rank_zero(self.trainer, model, full)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
@@ -106,12 +154,14 @@ class GCRLModule(LightningModule):
 
         Responses and critiques have very different prompt and completion lengths, so each kind
         gets its own forward pass, trimmed to its own padding: padding responses to the width of
-        critique prompts made a GC-RL update cost several times a G-RL one.
+        critique prompts made a GC-RL update cost several times a G-RL one. Not under FSDP2: each
+        forward all-gathers every layer, so every rank must run the same number of forwards, and
+        ranks' micro-batches hold different kinds; there one forward covers the whole micro-batch.
         """
         model = model if model is not None else self.policy
         input_ids, attention_mask, completion_ids = batch["input_ids"], batch["attention_mask"], batch["completion_ids"]
         kinds = [rows for rows in (~batch["is_critique"], batch["is_critique"]) if rows.any()]
-        if len(kinds) == 1:
+        if len(kinds) == 1 or isinstance(model, FSDPModule):
             return completion_logprobs(model, input_ids, attention_mask, completion_ids, batch["temperature"], self.logprob_chunk_size)
         num_rows, width = completion_ids.shape
         prompt_width = input_ids.shape[1] - width
@@ -186,7 +236,8 @@ class GCRLModule(LightningModule):
         A non-finite loss shows up here as a non-finite gradient: checking once per step, not per
         micro-batch, keeps a device sync out of the training step.
         """
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        # under FSDP2 each rank checks its own shard of every gradient
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in self.policy.parameters() if p.grad is not None]
         finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()) if grads else True
         # Every rank must agree (FSDP shards differ); a step is taken only if all are finite.
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)

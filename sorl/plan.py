@@ -105,8 +105,11 @@ def setting_from_config(
     trainer = config.get("trainer", {})
     strategy = trainer.get("strategy", "auto")
     strategy_name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
-    fsdp = "fsdp" in strategy_name.lower()
-    auto_wrap = isinstance(strategy, dict) and bool(strategy.get("init_args", {}).get("auto_wrap_policy"))
+    # ModelParallelStrategy: GCRLModule applies FSDP2 per decoder layer (FSDPStrategy: FSDP1, per
+    # layer only with an auto_wrap_policy)
+    model_parallel = strategy_name.endswith("ModelParallelStrategy")
+    fsdp = model_parallel or "fsdp" in strategy_name.lower()
+    auto_wrap = model_parallel or (isinstance(strategy, dict) and bool(strategy.get("init_args", {}).get("auto_wrap_policy")))
     precision = str(trainer.get("precision", "32-true"))
     model = config.get("model")
     if not isinstance(model, dict):  # a sampling-only config (python -m sorl.critique_set)

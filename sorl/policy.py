@@ -98,9 +98,8 @@ def completion_logprobs(
     float32 log-softmax and peaks near 30 GB; 1024-token chunks peak near 2.8 GB). 1024: on CPU
     the chunk size (256 to 2048) did not change the time, ~1.3x the unchunked head's (the
     recomputed projection), and the transient peak grows with it. This needs
-    a plain ``nn.Linear`` head and no logit post-processing (:data:`LOGIT_POSTPROCESSING_KEYS`),
-    and calls the decoder module directly, which Lightning's FSDP strategy allows (the whole
-    LightningModule is the root FSDP unit). ``chunk_size=None`` calls the model itself with
+    a plain ``nn.Linear`` head and no logit post-processing (:data:`LOGIT_POSTPROCESSING_KEYS`).
+    ``chunk_size=None`` calls the model itself with
     ``logits_to_keep`` (its [B, C, V] logits and float32 log-softmax are kept for backward).
     """
     num_completion = completion_ids.shape[1]
@@ -127,8 +126,14 @@ def completion_logprobs(
             f"{type(model).__name__} transforms its logits after the head ({postprocessing}), which chunked "
             "logprobs do not reproduce; pass chunk_size=None"
         )
-    hidden = model.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state  # [B, P + C, H]
+    # Through the model's own forward (its head on one position only), not its decoder module:
+    # FSDP2 gathers the root's parameters (embeddings, final norm, head) in the root's forward
+    # hooks and reduces their gradients only for a forward that ran through them. Selecting only
+    # the last hidden state keeps no other layer's; transformers ties it to the decoder's
+    # ``last_hidden_state`` (after the final norm) for language models.
+    hidden = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+        logits_to_keep=1, output_hidden_states=[-1],
+    ).hidden_states[-1]  # [B, P + C, H]
     hidden = hidden[:, -(num_completion + 1) : -1]  # [B, C, H]: position t predicts token t + 1
     return chunked_logprobs_from_hidden(hidden, head.weight, head.bias, completion_ids, temperature, chunk_size)

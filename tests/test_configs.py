@@ -23,7 +23,7 @@ SMOLLM2_DIR = ROOT / "checkpoints" / "smollm2-135m-instruct"
 NOT_INSTANTIATED = {
     "qwen2.5_gpu.yaml": True,  # GPUs, vLLM and a Qwen2.5 folder
     "qwen2.5_7b.yaml": True,
-    "fsdp.yaml": True,  # GPUs: Lightning refuses FSDP on CPU
+    "fsdp.yaml": True,  # GPUs (its CPU twin, fsdp_cpu.yaml, is instantiated)
     "smollm2_gsm8k.yaml": not SMOLLM2_DIR.is_dir(),  # python -m sorl.convert --output checkpoints/...
     "smollm2_cold_start.yaml": True,  # examples_file is the user's
     # a cold-started SmolLM2 (python -m sorl.cold_start, then the SFT config below) and reasoning-gym

@@ -1,44 +1,12 @@
 """Two-process DDP on CPU (gloo): rounds sharded per rank, same step count, identical weights,
 exact resume from a SIGTERM inside a round, and a crash on one rank ending the job."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from ddp_helpers import CHECKPOINTS, save_weights as _save_weights, two_process_fit as _ddp_fit
 from sorl.policy import EMBEDDED_POLICY
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-
-
-def _ddp_fit(root: Path, callbacks: str, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    callbacks_file = root.parent / f"{root.name}-callbacks.yaml"
-    callbacks_file.write_text("trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n" + callbacks)
-    command = [
-        sys.executable, "-m", "sorl", "fit",
-        "--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(callbacks_file),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=100",
-        f"--trainer.default_root_dir={root}", f"--model.export_dir={root / 'hf'}",
-        "--data.questions_per_round=6", "--data.responses_per_question=4",
-        "--data.critique_pairs_per_round=3", "--data.critiques_per_response=4", "--data.batch_size=8", *extra,
-    ]  # fmt: skip
-    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def _save_weights(dirpath: Path) -> str:
-    return f"    - class_path: ddp_helpers.SaveRankWeights\n      init_args:\n        dirpath: {dirpath}\n"
-
-
-CHECKPOINTS = (
-    "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n        save_last: true\n"
-    "    - class_path: sorl.PreemptionCheckpoint\n"
-)
 
 
 @pytest.mark.slow
