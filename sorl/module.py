@@ -109,7 +109,8 @@ class GCRLModule(LightningModule):
         """
         if self.policy is not None:
             return
-        if isinstance(self.trainer.strategy, FSDPStrategy):
+        # outside a Trainer (a module built and configured by hand) nothing is sharded
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             raise ValueError(
                 "sorl shards with FSDP2 through Lightning's ModelParallelStrategy (configs/strategy/fsdp.yaml); "
                 "FSDPStrategy (FSDP1) would gather parameters layer by layer inside generate, where ranks "
