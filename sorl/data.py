@@ -173,7 +173,10 @@ class RolloutDataModule(LightningDataModule):
             self._resumed_round = None
             self._schedule = [None] * skipped + batches
             return DataLoader(RoundBatches(batches, skipped), batch_size=None)
-        round_ = self.build_round(self.rollout_context())
+        # Whole parameters for the whole rollout, entered once by every rank: a rank may sample
+        # less often (no critique pair, a callback's own sampling), so gathering per call would hang.
+        with full_parameters(self.trainer):
+            round_ = self.build_round(self.rollout_context())
         batches = self.make_batches(round_, self.trainer.lightning_module.tokenizer.pad_token_id)
         self.log_round(round_)
         self.last_round = round_
@@ -184,14 +187,15 @@ class RolloutDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """This rank's evaluation, sampled now with the current policy: one scored item of held-out
         questions and one of critique examples, on every rank (even with an empty shard)."""
-        context = self.rollout_context()
-        rank, world = context.rank, self.trainer.world_size
+        rank, world = self.trainer.global_rank, self.trainer.world_size
         questions = list(self.task.eval_questions())[: self.eval_max_questions][rank::world]
         examples = balanced_head(self.task.critique_eval_set(), self.eval_max_questions)[rank::world]
-        items = [
-            score_generation(context.sampler, self.task, questions, self.response_sampling, self.eval_samples, rank),
-            score_critiques(context.sampler, self.task, examples, self.critique_sampling.max_new_tokens, rank),
-        ]
+        with full_parameters(self.trainer):  # once per rank: an empty shard samples nothing
+            context = self.rollout_context()
+            items = [
+                score_generation(context.sampler, self.task, questions, self.response_sampling, self.eval_samples, rank),
+                score_critiques(context.sampler, self.task, examples, self.critique_sampling.max_new_tokens, rank),
+            ]
         return DataLoader(RoundBatches(items), batch_size=None, collate_fn=lambda item: item)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -243,12 +247,10 @@ class RolloutDataModule(LightningDataModule):
         module = self.trainer.lightning_module
         if self.sampler is None:
             self.engine.setup(module.policy, module.tokenizer)
-            self.sampler = Sampler(
-                self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed, lambda: full_parameters(self.trainer)
-            )
+            # no per-call gathering: train_dataloader and val_dataloader hold whole parameters
+            self.sampler = Sampler(self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed)
             self.check_lengths(self.engine.max_model_len or module.policy.config.max_position_embeddings)
-        with full_parameters(self.trainer):
-            self.engine.sync_weights(module.policy)
+        self.engine.sync_weights(module.policy)  # called with whole parameters (see its callers)
         return RolloutContext(
             self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank,
             self.engine_logprobs, self.max_embedded_response_tokens,
