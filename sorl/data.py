@@ -170,7 +170,10 @@ class RolloutDataModule(LightningDataModule):
             self._resumed_round = None
             self._schedule = [None] * skipped + batches
             return DataLoader(RoundBatches(batches, skipped), batch_size=None)
-        round_ = self.build_round(self.rollout_context())
+        # Whole parameters for the whole rollout, entered once by every rank: a rank may sample
+        # less often (no critique pair, a callback's own sampling), so gathering per call would hang.
+        with full_parameters(self.trainer):
+            round_ = self.build_round(self.rollout_context())
         batches = self.make_batches(round_, self.trainer.lightning_module.tokenizer.pad_token_id)
         self.log_round(round_)
         self.last_round = round_
@@ -186,7 +189,8 @@ class RolloutDataModule(LightningDataModule):
 
         def items() -> list[dict[str, Any]]:
             cap = 2 if self.trainer.sanity_checking else self.eval_max_questions
-            return evaluation_items(self.rollout_context(), self.trainer.world_size, cap, self.eval_samples)
+            with full_parameters(self.trainer):  # once per rank: an empty shard samples nothing
+                return evaluation_items(self.rollout_context(), self.trainer.world_size, cap, self.eval_samples)
 
         return DataLoader(SampledOnIteration(items, length=2), batch_size=None, collate_fn=lambda item: item)
 
@@ -235,15 +239,13 @@ class RolloutDataModule(LightningDataModule):
         module = self.trainer.lightning_module
         if self.sampler is None:
             self.engine.setup(module.policy, module.tokenizer)
-            self.sampler = Sampler(
-                self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed, lambda: full_parameters(self.trainer)
-            )
+            # no per-call gathering: train_dataloader and val_dataloader hold whole parameters
+            self.sampler = Sampler(self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed)
             check_template_lengths(
                 self.task, self.sampler, self.response_sampling.max_new_tokens, self.critique_sampling.max_new_tokens if self.mode != "g_rl" else 0,
                 self.engine.max_model_len or module.policy.config.max_position_embeddings, self.max_embedded_response_tokens,
             )  # fmt: skip
-        with full_parameters(self.trainer):
-            self.engine.sync_weights(module.policy)
+        self.engine.sync_weights(module.policy)  # called with whole parameters (see its callers)
         return RolloutContext(
             self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank,
             self.engine_logprobs, self.max_embedded_response_tokens,

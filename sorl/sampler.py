@@ -8,8 +8,7 @@ the training strategy shards them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
 from typing import Any
 
 from sorl.engines.base import Completion, RolloutEngine, SamplingParams
@@ -50,8 +49,10 @@ class Sampler:
         tokenizer: encodes prompts.
         chat_template, system_prompt: see :func:`encode_prompts`.
         seed: the run's seed; each call's seed is ``derive_seed(seed, purpose, *keys)``.
-        gather: a context manager factory that makes whole parameters available while the engine
-            samples (sharded training); none needed otherwise.
+
+    Under sharded training the caller holds whole parameters around a whole round's or
+    evaluation's sampling (:func:`~sorl.distributed.full_parameters`), not around each call:
+    ranks sample different numbers of times.
     """
 
     def __init__(
@@ -61,14 +62,12 @@ class Sampler:
         chat_template: bool | None = None,
         system_prompt: str | None = None,
         seed: int = 0,
-        gather: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.system_prompt = system_prompt
         self.seed = seed
-        self.gather = gather
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         return encode_prompts(self.tokenizer, prompts, self.chat_template, self.system_prompt)
@@ -77,8 +76,7 @@ class Sampler:
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, purpose: str, *keys: int
     ) -> list[list[Completion]]:
         """``n`` completions of each tokenized prompt, seeded by ``(seed, purpose, *keys)``."""
-        with self.gather():
-            return self.engine.generate(prompt_ids, n, sampling, seed=derive_seed(self.seed, purpose, *keys))
+        return self.engine.generate(prompt_ids, n, sampling, seed=derive_seed(self.seed, purpose, *keys))
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, purpose: str, *keys: int) -> list[list[Completion]]:
         """``n`` completions of each prompt text (see :meth:`generate_ids`)."""
