@@ -128,12 +128,15 @@ def completion_logprobs(
         )
     # Through the model's own forward (its head on one position only), not its decoder module:
     # FSDP2 gathers the root's parameters (embeddings, final norm, head) in the root's forward
-    # hooks and reduces their gradients only for a forward that ran through them. Selecting only
-    # the last hidden state keeps no other layer's; transformers ties it to the decoder's
-    # ``last_hidden_state`` (after the final norm) for language models.
-    hidden = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-        logits_to_keep=1, output_hidden_states=[-1],
-    ).hidden_states[-1]  # [B, P + C, H]
+    # hooks and reduces their gradients only for a forward that ran through them. The decoder's
+    # last hidden state (after the final norm) is caught by a hook on it: asking the model for
+    # hidden states would keep every layer's, and selecting one is not in every transformers.
+    caught: list[torch.Tensor] = []
+    hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(output[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    hidden = caught[0]  # [B, P + C, H]
     hidden = hidden[:, -(num_completion + 1) : -1]  # [B, C, H]: position t predicts token t + 1
     return chunked_logprobs_from_hidden(hidden, head.weight, head.bias, completion_ids, temperature, chunk_size)
