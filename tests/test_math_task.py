@@ -266,3 +266,30 @@ def tasks_by_fallback():
     yield tasks
     for task in tasks.values():
         task.verifier.close()
+
+
+def test_max_steps_keeps_gsm8k_rows_of_few_calculator_steps(tmp_path):
+    answers = [
+        "Half of 48 is <<48/2=24>>24.\n#### 24",
+        "<<3*4=12>>12 then <<12+1=13>>13\n#### 13",
+        "<<1+1=2>>2, <<2+2=4>>4, <<4+4=8>>8\n#### 8",
+        "No annotation here.\n#### 5",
+    ]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": a}) + "\n" for i, a in enumerate(answers)))
+    assert [q.gold for q in MathDataset(str(path), preset="gsm8k", max_steps=2).questions()] == ["24", "13", "5"]
+    assert [q.gold for q in MathDataset(str(path), preset="gsm8k", max_steps=1).questions()] == ["24", "5"]
+    # limit counts the rows that max_steps keeps
+    assert [q.gold for q in MathDataset(str(path), preset="gsm8k", max_steps=1, limit=2).questions()] == ["24", "5"]
+    with pytest.raises(ValueError, match="answer_format gsm8k"):
+        MathDataset(str(path), preset="math", max_steps=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        MathDataset(str(path), preset="gsm8k", max_steps=0)
+
+
+def test_max_steps_on_a_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="reading non-JSONL data needs the datasets package")
+    folder = tmp_path / "saved"
+    rows = {"question": ["a", "b"], "answer": ["<<1+1=2>>2\n#### 2", "<<1+1=2>>2 <<2*3=6>>6\n#### 6"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
+    assert [q.gold for q in MathDataset(str(folder), preset="gsm8k", max_steps=1).questions()] == ["2"]

@@ -55,7 +55,10 @@ class MathDataset:
         question_field, answer_field: the row fields holding the question and the gold answer.
         answer_format: ``plain`` (the field as is), ``gsm8k`` (after the last ``####``),
             ``last_boxed`` (the last ``\\boxed{}``), ``list`` (a list of answers, joined by ``, ``).
-        limit: use only the first ``limit`` rows (None: all).
+        limit: use only the first ``limit`` rows (None: all), counted after ``max_steps``.
+        max_steps: keep only rows whose solution takes at most this many steps, counted as
+            GSM8K's ``<<48/2=24>>`` calculator annotations in the answer field (an easier slice for
+            small models); needs ``answer_format: gsm8k``. None: every row.
         split: the split to take when ``datasets`` returns several.
         bad_rows: a malformed row (not JSON, a missing or non-text field, an empty or overlong
             question, no gold answer) is an ``error`` naming the file and line, or with ``skip``
@@ -70,6 +73,7 @@ class MathDataset:
     answer_field: str | None = None
     answer_format: AnswerFormat | None = None
     limit: int | None = None
+    max_steps: int | None = None
     split: str = "train"
     bad_rows: Literal["error", "skip"] = "error"
     max_question_chars: int = 8192
@@ -91,6 +95,11 @@ class MathDataset:
             self.name = Path(self.path).parent.name if Path(self.path).suffix else Path(self.path).name
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.max_steps is not None and (self.answer_format != "gsm8k" or self.max_steps < 1):
+            raise ValueError(
+                f"max_steps counts GSM8K's <<...>> calculator steps: it needs answer_format gsm8k and a value >= 1, "
+                f"got {self.max_steps} with answer_format {self.answer_format!r}"
+            )
         if self.bad_rows not in ("error", "skip"):
             raise ValueError(f"bad_rows must be error or skip, got {self.bad_rows!r}")
         self.skipped_rows: list[str] = []  # "<where>: <why>" of rows left out by bad_rows="skip"
@@ -110,7 +119,8 @@ class MathDataset:
                             row = json.loads(line)
                         except json.JSONDecodeError:
                             row = None
-                        rows.append((f"{path}:{line_number}", row))
+                        if self._within_steps(row):
+                            rows.append((f"{path}:{line_number}", row))
             return rows
         try:
             import datasets
@@ -127,8 +137,17 @@ class MathDataset:
             if self.split not in loaded:
                 raise ValueError(f"{path} has splits {sorted(loaded)}, not {self.split!r}")
             loaded = loaded[self.split]
-        count = len(loaded) if self.limit is None else min(self.limit, len(loaded))
-        return [(f"{path} row {i}", loaded[i]) for i in range(count)]
+        if self.max_steps is None:
+            count = len(loaded) if self.limit is None else min(self.limit, len(loaded))
+            return [(f"{path} row {i}", loaded[i]) for i in range(count)]
+        rows = [(f"{path} row {i}", row) for i, row in enumerate(loaded) if self._within_steps(row)]
+        return rows if self.limit is None else rows[: self.limit]
+
+    def _within_steps(self, row: Any) -> bool:
+        """False for a row that ``max_steps`` leaves out (a malformed row is kept, to be reported)."""
+        if self.max_steps is None or not isinstance(row, dict) or not isinstance(row.get(self.answer_field), str):
+            return True
+        return solution_steps(row[self.answer_field]) <= self.max_steps
 
     def questions(self) -> list[Question]:
         """Questions with gold answers. A malformed row is an error naming its file and line, or,
@@ -164,6 +183,11 @@ class MathDataset:
         if not extract_gold(row[self.answer_field], self.answer_format):
             return f"no gold answer in {self.answer_field!r} ({self.answer_format})"
         return None
+
+
+def solution_steps(answer: str) -> int:
+    """GSM8K's solution steps: its ``<<expression=result>>`` calculator annotations."""
+    return len(re.findall(r"<<[^<>\n]{0,200}>>", answer[:MAX_GOLD_SOURCE_CHARS]))
 
 
 def extract_gold(value: Any, answer_format: AnswerFormat) -> str | None:
