@@ -31,13 +31,10 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-
-from sorl.engines.base import SamplingParams
-from sorl.engines.base import RolloutEngine
-from sorl.engines.hf import HFEngine
+from sorl.engines.base import RolloutEngine, SamplingParams
+from sorl.policy import DType
 from sorl.rewards import is_right as right_reward
-from sorl.sampler import Sampler
-from sorl.policy import DType, load_policy, load_tokenizer
+from sorl.sampler import model_sampler
 from sorl.tasks.base import Question, Task
 
 
@@ -116,11 +113,7 @@ def build_cold_start(
     if samples_per_question < 2:
         raise ValueError(f"samples_per_question must be >= 2 to find both labels, got {samples_per_question}")
     started = time.perf_counter()
-    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    policy = load_policy(model, dtype=dtype, trust_remote_code=trust_remote_code).eval()
-    engine = engine if engine is not None else HFEngine()
-    engine.setup(policy, tokenizer)
-    sampler = Sampler(engine, tokenizer, chat_template, system_prompt, seed)
+    sampler = model_sampler(model, engine, dtype, trust_remote_code, chat_template, system_prompt, seed)
     sampling = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     questions = task.train_questions()[:num_questions]
     rows: list[dict] = []

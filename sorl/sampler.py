@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sorl.engines.base import Completion, RolloutEngine, SamplingParams
+from sorl.engines.hf import HFEngine
+from sorl.policy import DType, load_policy, load_tokenizer
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:
@@ -81,3 +83,21 @@ class Sampler:
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingParams, purpose: str, *keys: int) -> list[list[Completion]]:
         """``n`` completions of each prompt text (see :meth:`generate_ids`)."""
         return self.generate_ids(self.encode(prompts), n, sampling, purpose, *keys)
+
+
+def model_sampler(
+    model: str,
+    engine: RolloutEngine | None = None,
+    dtype: DType = "float32",
+    trust_remote_code: bool = False,
+    chat_template: bool | None = None,
+    system_prompt: str | None = None,
+    seed: int = 0,
+) -> Sampler:
+    """A :class:`Sampler` over a model folder (or ``.gguf`` file) loaded for sampling only, as the
+    offline builders (cold-start data, critique sets) use it; ``engine`` defaults to :class:`HFEngine`."""
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    policy = load_policy(model, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    engine = engine if engine is not None else HFEngine()
+    engine.setup(policy, tokenizer)
+    return Sampler(engine, tokenizer, chat_template, system_prompt, seed)

@@ -23,22 +23,17 @@ import logging
 import os
 import re
 import resource
-import select
 import signal
-import subprocess
 import sys
-import threading
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
+
+from sorl.scoring_server import SERVER_SLACK, ScoringServer, read_line, serving_channel, write_all
 
 #: Characters of a response the verifier reads: the last ones, since the answer ends the response.
 MAX_RESPONSE_CHARS = 4096
 #: Characters of a gold answer; longer golds are a data error, reported as such.
 MAX_GOLD_CHARS = 1024
-#: Seconds the caller waits beyond ``timeout`` for the server to kill a worker and reply.
-SERVER_SLACK = 2.0
-
 _TIMEOUT_REPLY = b"timeout\n"
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # 1,234.5: a plain number; math-verify reads the commas
 
@@ -80,8 +75,10 @@ class MathVerifier:
         self.float_rounding = float_rounding
         self.numeric_precision = numeric_precision
         self.timeouts = 0  # calls that ran past the bound
-        self._lock = threading.Lock()  # one call at a time on the pipe
-        self._server: subprocess.Popen | None = None
+        self.server = ScoringServer(
+            f"from sorl.verify import serve; serve({timeout!r}, {memory_limit_mb!r})",
+            "math-verify server", reply_timeout=timeout + SERVER_SLACK, startup_timeout=startup_timeout,
+        )
 
     def __call__(self, gold: str, response: str) -> float:
         return self.verify(gold, response)
@@ -99,91 +96,22 @@ class MathVerifier:
             "float_rounding": self.float_rounding,
             "numeric_precision": self.numeric_precision,
         }
-        with self._lock:
-            server = self._running_server()
-            try:
-                _write_all(server.stdin.fileno(), json.dumps(request).encode() + b"\n")
-                reply = _read_line(server.stdout.fileno(), self.timeout + SERVER_SLACK)
-            except OSError:  # the server died
-                reply = None
-            if reply is None or reply == b"":  # no answer at all: start the server afresh
-                self._stop()
-                reply = _TIMEOUT_REPLY
-            if reply == _TIMEOUT_REPLY:
-                self.timeouts += 1
-                return 0.0
-            return float(reply)
+        reply = self.server.ask(request)
+        if reply is None or reply == _TIMEOUT_REPLY:  # the server or its worker overran (or died)
+            self.timeouts += 1
+            return 0.0
+        return float(reply)
 
     def close(self) -> None:
         """Stops the server and its worker; a later call starts new ones."""
-        with self._lock:
-            self._stop()
-
-    def _running_server(self) -> subprocess.Popen:
-        """The server, started when there is none. A plain subprocess, not multiprocessing: no
-        re-import of the caller's ``__main__``, no copy of its threads or model weights."""
-        if self._server is None:
-            package_root = str(Path(__file__).resolve().parent.parent)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-            code = f"from sorl.verify import serve; serve({self.timeout!r}, {self.memory_limit_mb!r})"
-            self._server = subprocess.Popen(
-                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env
-            )
-            ready = _read_line(self._server.stdout.fileno(), self.startup_timeout)
-            if ready != b"ready\n":
-                self._stop()
-                raise RuntimeError(f"the math-verify server did not start within {self.startup_timeout} s (got {ready!r})")
-        return self._server
-
-    def _stop(self) -> None:
-        if self._server is not None:
-            self._server.kill()  # its worker sees the pipes close and exits
-            self._server.wait(timeout=10)
-            self._server.stdin.close()
-            self._server.stdout.close()
-        self._server = None
-
-    def __getstate__(self) -> dict[str, Any]:  # a copy (e.g. in another process) starts its own server
-        state = dict(self.__dict__)
-        state.update(_lock=None, _server=None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __del__(self) -> None:
-        if self.__dict__.get("_server") is not None:
-            self._stop()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-def _read_line(fd: int, timeout: float) -> bytes | None:
-    """One line from a pipe: ``b""`` if the writer closed it, None if no full line came in time.
-    Replies are short lines, written whole, one per request."""
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
-        return None
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b""
-        data += chunk
-    return data
+        self.server.close()
 
 
 # -------------------------------------------------------------------- the server and its worker
 def serve(timeout: float, memory_limit_mb: int) -> None:
     """The server's loop: one JSON request per stdin line, one reply per stdout line (a reward,
     or ``timeout``). Runs each request in a forked worker, bounded by ``timeout`` seconds."""
-    channel = os.dup(1)
-    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the reply channel
-    sys.stdout = sys.stderr
+    channel = serving_channel()
     import math_verify  # noqa: F401  (imported before forking so that every worker starts warm)
 
     # math-verify warns once that its own timeouts are off; sorl's bound replaces them
@@ -194,8 +122,8 @@ def serve(timeout: float, memory_limit_mb: int) -> None:
         pid, request_fd, reply_fd = worker
         reply = None
         try:
-            _write_all(request_fd, line)
-            reply = _read_line(reply_fd, timeout)
+            write_all(request_fd, line)
+            reply = read_line(reply_fd, timeout)
         except OSError:  # the worker died
             pass
         if not reply:  # overran (None) or died (b""): a fresh fork takes its place
@@ -205,7 +133,7 @@ def serve(timeout: float, memory_limit_mb: int) -> None:
             os.close(reply_fd)
             worker = _fork_worker(memory_limit_mb)
             reply = _TIMEOUT_REPLY
-        _write_all(channel, reply)
+        write_all(channel, reply)
 
 
 def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
@@ -231,7 +159,7 @@ def _fork_worker(memory_limit_mb: int) -> tuple[int, int, int]:
                 )
             except Exception:  # malformed text (or MemoryError) scores 0, never stops the worker
                 result = 0.0
-            _write_all(reply_write, f"{result}\n".encode())
+            write_all(reply_write, f"{result}\n".encode())
         os._exit(0)
     os.close(request_read)
     os.close(reply_write)

@@ -111,8 +111,8 @@ def test_a_killed_server_is_restarted():
     verifier = MathVerifier(timeout=5.0)
     try:
         assert verifier("4", "\\boxed{4}") == 1.0
-        verifier._server.kill()
-        verifier._server.wait()
+        verifier.server._process.kill()
+        verifier.server._process.wait()
         assert verifier("4", "\\boxed{4}") == 0.0  # the call that found it dead scores 0
         assert verifier("4", "\\boxed{4}") == 1.0
     finally:
