@@ -75,22 +75,49 @@ def empty_batch(pad_id: int, temperature: float, engine_logprobs: bool = False) 
 
 
 def step_counts(batches: Sequence[dict[str, Any]], accumulation: int) -> torch.Tensor:
-    """[steps, 2] completion tokens and sequences (with at least one token) per optimizer step."""
+    """[steps, 2, 2]: per optimizer step and kind (responses, critiques), the completion tokens
+    and the sequences with at least one token."""
     if len(batches) % accumulation:
         raise ValueError(f"{len(batches)} micro-batches do not make whole steps of {accumulation}")
-    counts = [[b["completion_mask"].sum().item(), (b["completion_mask"].sum(-1) > 0).sum().item()] for b in batches]
-    return torch.tensor(counts, dtype=torch.float64).view(-1, accumulation, 2).sum(1)
+    counts = torch.zeros((len(batches), 2, 2), dtype=torch.float64)
+    for index, batch in enumerate(batches):
+        tokens = batch["completion_mask"].sum(-1).double()  # [B]
+        for kind, rows in enumerate((~batch["is_critique"], batch["is_critique"])):
+            counts[index, kind, 0] = tokens[rows].sum()
+            counts[index, kind, 1] = (tokens[rows] > 0).sum()
+    return counts.view(-1, accumulation, 2, 2).sum(1)
 
 
-def set_step_normalizers(batches: Sequence[dict[str, Any]], global_counts: torch.Tensor, accumulation: int, world: int) -> None:
+def set_step_normalizers(
+    batches: Sequence[dict[str, Any]], global_counts: torch.Tensor, accumulation: int, world: int,
+    critique_share: float | None = None,
+) -> None:
     """Gives each micro-batch its step's ``step_tokens`` and ``step_sequences``.
 
-    ``global_counts`` is :func:`step_counts` summed over ranks ([steps, 2]).
+    ``global_counts`` is :func:`step_counts` summed over ranks ([steps, 2, 2]). With
+    ``critique_share`` None they are scalars, the counts of both kinds together: one mean over
+    every response and critique token of the step. With a share ``s`` they are per row ([B]), the
+    count of the row's own kind divided by its weight (``1 - s`` for responses, ``s`` for
+    critiques), so that the step's loss is ``(1 - s) * response mean + s * critique mean``; a step
+    holding one kind only gives it the whole weight.
     """
-    per_micro_batch = (global_counts / (accumulation * world)).float()
+    per_micro_batch = global_counts / (accumulation * world)  # [steps, kind, (tokens, sequences)]
+    if critique_share is None:
+        totals = per_micro_batch.sum(1).float()  # [steps, 2]
+        for index, batch in enumerate(batches):
+            batch["step_tokens"] = totals[index // accumulation, 0].clamp(min=1e-8)
+            batch["step_sequences"] = totals[index // accumulation, 1].clamp(min=1e-8)
+        return
+    share = torch.tensor([1.0 - critique_share, critique_share], dtype=torch.float64)[None, :, None]  # [1, kind, 1]
+    present = per_micro_batch > 0
+    weights = torch.where(present.all(1, keepdim=True), share, present.double())  # [steps, kind, 2]
+    # a kind of weight 0 gets an infinite normalizer: its rows count 0 (the empty batch's rows too)
+    normalizers = (per_micro_batch / weights).float()
     for index, batch in enumerate(batches):
-        batch["step_tokens"] = per_micro_batch[index // accumulation, 0].clamp(min=1e-8)
-        batch["step_sequences"] = per_micro_batch[index // accumulation, 1].clamp(min=1e-8)
+        kinds = batch["is_critique"].long()  # [B]
+        step = normalizers[index // accumulation]  # [kind, 2]
+        batch["step_tokens"] = step[kinds, 0].clamp(min=1e-8)
+        batch["step_sequences"] = step[kinds, 1].clamp(min=1e-8)
 
 
 def schedule(batches: list[dict[str, Any]], accumulation: int, passes: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -160,6 +187,7 @@ def round_batches(
     reduce: Reduce,
     order_rng: random.Random,
     group_rng: random.Random,
+    critique_share: float | None = None,
 ) -> list[dict[str, Any]]:
     """This rank's micro-batches of ``samples`` (already in training order) for the whole round:
     ``batch_size`` samples each, or with ``max_tokens_per_micro_batch`` grouped by length within
@@ -167,6 +195,7 @@ def round_batches(
 
     Every rank gets the same number of whole optimizer steps, padded with empty micro-batches, or
     DDP waits forever; ``reduce`` combines the ranks' counts (max of steps, sum of tokens).
+    ``critique_share`` weighs the kinds (see :func:`set_step_normalizers`).
     """
     if max_tokens_per_micro_batch is None:
         groups = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
@@ -175,7 +204,7 @@ def round_batches(
     batches = [collate(group, pad_id, temperature, mask_truncated, engine_logprobs) for group in groups]
     steps = max(1, int(reduce(torch.tensor(float(-(-len(batches) // accumulation))), "max").item()))
     batches += [empty_batch(pad_id, temperature, engine_logprobs) for _ in range(steps * accumulation - len(batches))]
-    set_step_normalizers(batches, reduce(step_counts(batches, accumulation), "sum"), accumulation, world)
+    set_step_normalizers(batches, reduce(step_counts(batches, accumulation), "sum"), accumulation, world, critique_share)
     return schedule(batches, accumulation, passes, order_rng)
 
 

@@ -81,6 +81,11 @@ class RolloutDataModule(LightningDataModule):
         passes_per_round: optimizer passes over a round's data. Whenever a round holds more than
             one optimizer step, the micro-batches trained after the first are marked ``off_policy``
             and the module scores them with the round's sampling policy first (``old_logprobs``).
+        critique_share: how a step's loss weighs the two kinds. ``None`` (default, the paper's and
+            verl's plain mixed batch): one mean over all response and critique tokens, so each
+            kind's weight is its share of the tokens (critiques, being longer, weigh more). A share
+            ``s`` in [0, 1]: each kind its own mean, combined as ``(1 - s) * responses + s *
+            critiques`` (a step holding one kind only gives it the whole weight).
         scale_rewards_by_std: divide advantages by the group's std (GRPO) or not (Dr. GRPO).
         drop_zero_std_groups: leave out groups whose rewards are all equal (DAPO's dynamic sampling).
         mask_truncated: leave responses that hit the token bound out of the loss.
@@ -115,6 +120,7 @@ class RolloutDataModule(LightningDataModule):
         batch_size: int = 512,
         max_tokens_per_micro_batch: int | None = None,
         passes_per_round: int = 1,
+        critique_share: float | None = None,
         scale_rewards_by_std: bool = True,
         drop_zero_std_groups: bool = False,
         mask_truncated: bool = False,
@@ -140,6 +146,9 @@ class RolloutDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.passes_per_round = passes_per_round
+        if critique_share is not None and not 0.0 <= critique_share <= 1.0:
+            raise ValueError(f"critique_share must be in [0, 1] (or None for one mixed mean), got {critique_share}")
+        self.critique_share = critique_share
         self.scale_rewards_by_std = scale_rewards_by_std
         self.drop_zero_std_groups = drop_zero_std_groups
         self.mask_truncated = mask_truncated
@@ -325,6 +334,7 @@ class RolloutDataModule(LightningDataModule):
             mask_truncated=self.mask_truncated,
             engine_logprobs=self.engine_logprobs,
             reduce=self._reduce,
+            critique_share=self.critique_share,
             # no rank here: every rank must shuffle the steps of later passes alike
             order_rng=random.Random(derive_seed(self.seed, "step_order", self.round_index)),
             group_rng=random.Random(derive_seed(self.seed, "micro_batch_order", self.round_index, self.trainer.global_rank)),

@@ -68,7 +68,8 @@ class GRPOLoss(nn.Module):
     otherwise) that this batch's sum is divided by. It defaults to that count in this batch
     (sequences with at least one masked token, for the sequence modes). Pass the count for the
     whole optimizer step, across micro-batches and ranks, so that gradient accumulation and DDP
-    do not change the result.
+    do not change the result. A [B] normalizer divides each row's sum by its own count: that is
+    how responses and critiques get their own means (the DataModule's ``critique_share``).
 
     Args:
         eps_low (float): lower clip range, ratio floor is ``1 - eps_low``.
@@ -130,7 +131,7 @@ class GRPOLoss(nn.Module):
             mask (Tensor): [B, T] bool or 0/1, True on completion tokens to train on.
             ref_logprobs (Tensor | None): [B, T] reference log-probs, required when beta > 0.
             entropy (Tensor | None): [B, T] per-token entropy, only reported.
-            normalizer (float | Tensor | None): see the class docstring.
+            normalizer (float | Tensor | None): scalar or [B]; see the class docstring.
             engine_logprobs (Tensor | None): [B, T] log-probs the rollout engine gave the taken
                 tokens; required when ``importance_sampling_cap`` is set.
 
@@ -171,19 +172,23 @@ class GRPOLoss(nn.Module):
 
         tokens_per_seq = mask.sum(-1)  # [B]
         num_tokens = tokens_per_seq.sum()
+        seq_sum = per_token.sum(-1)  # [B]
         if self.aggregation == "token_mean":
-            total = per_token.sum()
+            seq_loss, total = seq_sum, per_token.sum()
             default_norm = num_tokens
         else:
-            seq_sum = per_token.sum(-1)  # [B]
             if self.aggregation == "seq_mean_token_mean":
                 seq_loss = seq_sum / tokens_per_seq.clamp(min=1)
             else:
                 seq_loss = seq_sum / self.max_completion_length
             total = seq_loss.sum()
             default_norm = (tokens_per_seq > 0).sum()
-        # clamp: an all-masked batch gives 0 / 1 = 0, still attached to the graph.
-        loss = total / (default_norm.clamp(min=1) if normalizer is None else normalizer)
+        if normalizer is None:  # clamp: an all-masked batch gives 0 / 1 = 0, still attached to the graph
+            loss = total / default_norm.clamp(min=1)
+        elif torch.is_tensor(normalizer) and normalizer.dim() == 1:  # per row: kinds weighted apart
+            loss = (seq_loss / normalizer).sum()
+        else:
+            loss = total / normalizer
 
         with torch.no_grad():
             n = num_tokens.clamp(min=1)

@@ -91,3 +91,70 @@ def test_token_budget_gives_the_same_step_as_row_count_batching():
     assert loss_tokens.item() == pytest.approx(loss_rows.item(), abs=1e-6)
     for a, b in zip(grads_rows, grads_tokens):
         torch.testing.assert_close(a, b)
+
+
+def _kind_loss(samples, logprobs_of_sample, aggregation="token_mean"):
+    """GRPOLoss over the samples of one kind in one batch, with its own default normalizer: the
+    kind's exact token (or sequence) mean."""
+    width = max(len(s.completion.token_ids) for s in samples)
+    logprobs = torch.stack([torch.nn.functional.pad(logprobs_of_sample(s), (0, width - len(s.completion.token_ids))) for s in samples])
+    mask = torch.stack([(torch.arange(width) < len(s.completion.token_ids)).float() for s in samples])
+    advantages = torch.tensor([s.advantage for s in samples])
+    return GRPOLoss(aggregation=aggregation)(logprobs, logprobs.detach() - 0.1, advantages, mask)[0]
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+@pytest.mark.parametrize("max_tokens, accumulation", [(None, 1), (150, 16)])
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 1.0])
+def test_critique_share_weighs_each_kinds_own_mean(aggregation, max_tokens, accumulation, share):
+    samples = _samples(count=24)
+
+    def key(sample):  # logprobs are a function of the tokens: samples with equal ids get equal ones
+        return tuple(sample.prompt_ids), tuple(sample.completion.token_ids)
+
+    params = {key(s): torch.randn(len(s.completion.token_ids), generator=torch.Generator().manual_seed(i)) for i, s in enumerate(samples)}
+    batches = round_batches(
+        samples, batch_size=64, max_tokens_per_micro_batch=max_tokens, accumulation=accumulation, world=1, passes=1,
+        pad_id=0, temperature=1.0, mask_truncated=False, engine_logprobs=False, reduce=lambda tensor, op: tensor,
+        order_rng=random.Random(0), group_rng=random.Random(1), critique_share=share,
+    )  # fmt: skip
+    loss_fn, step_loss = GRPOLoss(aggregation=aggregation), torch.zeros(())
+    for batch in batches:
+        if batch["completion_mask"].sum() == 0:
+            continue
+        width = batch["completion_ids"].shape[1]
+        rows = []
+        for row in range(batch["input_ids"].shape[0]):
+            length = int(batch["completion_mask"][row].sum())
+            prompt = [t for t, m in zip(batch["input_ids"][row, :-width].tolist(), batch["attention_mask"][row, :-width].tolist()) if m]
+            values = params[(tuple(prompt), tuple(batch["completion_ids"][row, :length].tolist()))]
+            rows.append(torch.nn.functional.pad(values, (0, width - length)))
+        logprobs = torch.stack(rows)
+        normalizer = batch["step_tokens"] if aggregation == "token_mean" else batch["step_sequences"]
+        loss, _ = loss_fn(logprobs, logprobs.detach() - 0.1, batch["advantages"], batch["completion_mask"], normalizer=normalizer)
+        step_loss = step_loss + loss / accumulation
+    responses = [s for s in samples if s.kind == "response"]
+    critiques = [s for s in samples if s.kind == "critique"]
+    expected = (1 - share) * _kind_loss(responses, lambda s: params[key(s)], aggregation) + share * _kind_loss(
+        critiques, lambda s: params[key(s)], aggregation
+    )
+    assert step_loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+
+
+def test_a_step_of_one_kind_gives_it_the_whole_weight():
+    responses = [s for s in _samples(count=24) if s.kind == "response"]
+    mixed = _batches(responses, None, 1)[0]
+    weighted = round_batches(
+        responses, batch_size=64, max_tokens_per_micro_batch=None, accumulation=1, world=1, passes=1, pad_id=0,
+        temperature=1.0, mask_truncated=False, engine_logprobs=False, reduce=lambda tensor, op: tensor,
+        order_rng=random.Random(0), group_rng=random.Random(1), critique_share=0.7,
+    )[0]  # fmt: skip
+    assert torch.equal(weighted["step_tokens"], torch.full((len(responses),), mixed["step_tokens"].item()))
+
+
+def test_critique_share_is_checked():
+    from sorl import RolloutDataModule
+    from sorl.tasks.arithmetic import ArithmeticTask
+
+    with pytest.raises(ValueError, match=r"critique_share must be in \[0, 1\]"):
+        RolloutDataModule(ArithmeticTask(), critique_share=1.5)
