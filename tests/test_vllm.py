@@ -171,12 +171,14 @@ def test_same_seed_same_samples(engines):
 def test_fsdp2_streamed_sync_matches_hf_and_holds_about_one_fused_module(tmp_path):
     """2 processes, FSDP2 over gloo (tests/vllm_fsdp2_worker.py): after an optimizer step and a
     streamed sync, each rank's vLLM greedy outputs equal HFEngine's with the whole parameters;
-    the sync never holds the whole model, and nothing of it once done.
+    a sync after which only one rank samples finishes; the sync never holds the whole model, and
+    nothing of it once done.
 
-    The bound: vLLM 0.32's reload_weights keeps the tensors of one of its fused modules (gate and
-    up projections, q/k/v) until the module's last one arrives, and the loop that reads the
-    stream keeps the previous tensor while the next is gathered, so a sync holds about two of
-    the largest parameters (measured: exactly two here, gate + up), not one."""
+    The bound is not one parameter: vLLM 0.32's reload_weights keeps the tensors of one of its
+    fused modules (gate and up projections; q, k, v) until the module's last one arrives, and
+    keeps a tensor it pads (the embedding: vocabulary 75, padded to 128) until the reload's end.
+    Measured on both ranks: 563,712 bytes = gate + up (2 x 262,144) + the embedding (38,400) +
+    1,024, against 4,237,312 for the model."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(ROOT / "tests" / "vllm_fsdp2_worker.py"), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -188,7 +190,7 @@ def test_fsdp2_streamed_sync_matches_hf_and_holds_about_one_fused_module(tmp_pat
         assert report["sharded_after_sync"] and report["held_after_sync"] == 0
         peak, largest, model = report["peak_bytes"], report["largest_bytes"], report["model_bytes"]
         print(f"rank {rank}: sync peak {peak} bytes, largest parameter {largest}, model {model}")
-        assert largest <= peak <= 2 * largest
+        assert largest <= peak <= 2 * largest + report["embedding_bytes"] + model // 100
         assert peak <= model / 4
 
 

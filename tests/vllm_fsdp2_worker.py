@@ -73,6 +73,7 @@ def main(out_dir: str) -> None:
                 "held_after_sync": held_after_sync,
                 "sharded_after_sync": sharded_after_sync,
                 "largest_bytes": max(sizes.values()),
+                "embedding_bytes": sizes["model.embed_tokens.weight"],
                 "model_bytes": sum(size for name, size in sizes.items() if name != "lm_head.weight"),  # tied
             }
         )
