@@ -12,6 +12,7 @@ import random
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -181,7 +182,7 @@ class RolloutDataModule(LightningDataModule):
             return DataLoader(RoundBatches(batches, skipped), batch_size=None)
         # Whole parameters for the whole rollout, entered once by every rank: a rank may sample
         # less often (no critique pair, a callback's own sampling), so gathering per call would hang.
-        with full_parameters(self.trainer):
+        with self.sampling_parameters():
             round_ = self.build_round(self.rollout_context())
         batches = self.make_batches(round_, self.trainer.lightning_module.tokenizer.pad_token_id)
         self.log_round(round_)
@@ -198,7 +199,7 @@ class RolloutDataModule(LightningDataModule):
 
         def items() -> list[dict[str, Any]]:
             cap = 2 if self.trainer.sanity_checking else self.eval_max_questions
-            with full_parameters(self.trainer):  # once per rank: an empty shard samples nothing
+            with self.sampling_parameters():  # once per rank: an empty shard samples nothing
                 return evaluation_items(self.rollout_context(), self.trainer.world_size, cap, self.eval_samples)
 
         return DataLoader(SampledOnIteration(items, length=2), batch_size=None, collate_fn=lambda item: item)
@@ -243,18 +244,29 @@ class RolloutDataModule(LightningDataModule):
         set_rng_states(rank_state["rng"])
 
     # ------------------------------------------------------------------ the round
+    def sampling_parameters(self) -> AbstractContextManager[None]:
+        """Whole parameters while sampling when the engine runs the policy's own modules under
+        FSDP2 (:func:`~sorl.distributed.full_parameters`); an engine with its own weights
+        (``samples_policy_modules = False``) gathers them one at a time in ``sync_weights`` and
+        needs nothing held."""
+        if getattr(self.engine, "samples_policy_modules", True):
+            return full_parameters(self.trainer)
+        return nullcontext()
+
     def rollout_context(self) -> RolloutContext:
         """The sampler with the policy's current weights, and what the round samples with."""
         module = self.trainer.lightning_module
         if self.sampler is None:
             self.engine.setup(module.policy, module.tokenizer)
-            # no per-call gathering: train_dataloader and val_dataloader hold whole parameters
+            # no per-call gathering: the dataloaders hold whole parameters when the engine needs them
             self.sampler = Sampler(self.engine, module.tokenizer, self.chat_template, self.system_prompt, self.seed)
             check_template_lengths(
                 self.task, self.sampler, self.response_sampling.max_new_tokens, self.critique_sampling.max_new_tokens if self.mode != "g_rl" else 0,
                 self.engine.max_model_len or module.policy.config.max_position_embeddings, self.max_embedded_response_tokens,
             )  # fmt: skip
-        self.engine.sync_weights(module.policy)  # called with whole parameters (see its callers)
+        # On every rank, whatever it then samples: the sync may be a collective (an FSDP2
+        # gather; vLLM's start, which the first sync does, under its external_launcher).
+        self.engine.sync_weights(module.policy)
         return RolloutContext(
             self.task, self.sampler, self.response_sampling, self.critique_sampling, self.trainer.global_rank,
             self.engine_logprobs, self.max_embedded_response_tokens,

@@ -26,15 +26,20 @@ C = the most completion positions of one kind, V vocabulary, L layers, H hidden 
 - logprobs: ~(16 + a) bytes per logit while the float32 log-softmax, its gradient and the
   entropy's temporaries live: (16 + a)*B*C*V unchunked, (16 + a)*min(chunk, B*C)*V chunked
   (``sorl.policy.completion_logprobs``; SFT's loss is unchunked and over all T positions).
-- vLLM (``VLLMEngine``, one engine per rank, all the time: no sleep mode): with
-  ``kv_cache_gib: null`` it takes ``gpu_memory_utilization`` x the GPU (weights, KV cache, its own
-  activations); otherwise its weights (N x its dtype) + ``kv_cache_gib`` (its activations and
-  CUDA graphs, ~1-2 GiB, are not counted).
-- rollout phase: under FSDP every rank gathers the whole policy in p for sampling and the weight
-  sync (N*p*(S-1)/S more than its shard); ``HFEngine`` also keeps a KV cache of
-  ``max_batch_rows`` sequences.
+- vLLM (``VLLMEngine``, one engine per rank): with ``kv_cache_gib: null`` it takes
+  ``gpu_memory_utilization`` x the GPU (weights, KV cache, its own activations); otherwise its
+  weights (N x its dtype) + ``kv_cache_gib`` (its activations and CUDA graphs, ~1-2 GiB, are not
+  counted). Resident all the time without sleep mode; with it (``sleep_mode`` unset on a GPU)
+  only during the rollout phase.
+- rollout phase: with ``HFEngine`` under FSDP every rank gathers the whole policy in p for
+  sampling (N*p*(S-1)/S more than its shard), and ``HFEngine`` keeps a KV cache of
+  ``max_batch_rows`` sequences. With ``VLLMEngine`` nothing is gathered for sampling; its weight
+  sync streams one tensor at a time and holds about two of the largest (2 x max(V*H, I*H) in
+  vLLM's dtype: vLLM keeps a fused module's parts until the last arrives, see
+  ``sorl.engines.VLLMEngine``).
 
-Total = parameters + optimizer + reference + vLLM + max(training step, rollout phase). Not
+Total = parameters + optimizer + reference + max(training step, rollout phase) + vLLM when it
+does not sleep (with sleep mode vLLM counts in the rollout phase instead). Not
 counted: the CUDA context and allocator fragmentation (keep ~10% free), HYBRID_SHARD's node-local
 sharding (counted as FULL_SHARD), optimizers other than Adam-like (counted as two states).
 """
@@ -145,6 +150,7 @@ class Setting:
     gpu_memory_utilization: float
     kv_cache_gib: float | None
     hf_generation_rows: int  # HFEngine's rows per generate call (0 with vLLM or no rollouts)
+    vllm_sleep: bool = False  # vLLM's memory is given back to training between rollouts
 
 
 def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> dict[str, int]:
@@ -168,7 +174,9 @@ def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> 
         "logprobs_chunked": (16 + a) * min(setting.logprob_chunk or logits, setting.micro_batch * setting.completion_tokens) * arch.vocab_size,
         "vllm_weights": 0,
         "vllm_kv_cache": 0,
-        "rollout_gathered_policy": n * p * (shards - 1) // shards,
+        # HFEngine samples from the gathered policy; VLLMEngine's streamed sync holds ~two large tensors
+        "rollout_gathered_policy": n * p * (shards - 1) // shards if not setting.vllm
+        else 2 * max(arch.vocab_size, arch.intermediate_size) * arch.hidden_size * setting.vllm_param_bytes,
         "hf_kv_cache": setting.hf_generation_rows * setting.sequence_tokens * arch.kv_bytes_per_token(a),
     }
     if setting.fsdp:
@@ -189,9 +197,10 @@ def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> 
     parts["activations"] = parts["activations_checkpointed" if setting.gradient_checkpointing else "activations_full"]
     parts["logprobs"] = parts["logprobs_full" if setting.logprob_chunk is None else "logprobs_chunked"]
     parts["training_step"] = parts["gradients"] + parts["gathered_parameters"] + parts["activations"] + parts["logprobs"]
-    parts["rollout_phase"] = parts["rollout_gathered_policy"] + parts["hf_kv_cache"]
+    vllm = parts["vllm_weights"] + parts["vllm_kv_cache"]
+    parts["rollout_phase"] = parts["rollout_gathered_policy"] + parts["hf_kv_cache"] + (vllm if setting.vllm_sleep else 0)
     parts["total"] = (
-        parts["parameters"] + parts["optimizer"] + parts["reference"] + parts["vllm_weights"] + parts["vllm_kv_cache"]
+        parts["parameters"] + parts["optimizer"] + parts["reference"] + (0 if setting.vllm_sleep else vllm)
         + max(parts["training_step"], parts["rollout_phase"])
     )
     return parts

@@ -160,6 +160,9 @@ def setting_from_config(
         gpu_memory_utilization=engine_args.get("gpu_memory_utilization", 0.0),
         kv_cache_gib=engine_args.get("kv_cache_gib"),
         hf_generation_rows=0 if vllm else engine_args["max_batch_rows"],
+        # sleep_mode unset: on where vLLM has it, and this is a plan for GPUs unless the config says CPU
+        vllm_sleep=vllm and (engine_args.get("sleep_mode") if engine_args.get("sleep_mode") is not None
+                             else trainer.get("accelerator", "auto") != "cpu"),
     )
     budget = dict(max_prompt_tokens=max_prompt_tokens, max_response_tokens=response,
                   critique_prompt_overhead=critique_prompt_overhead, max_critique_tokens=critique,
@@ -189,7 +192,7 @@ def report(
         (f"logprobs ({'chunked' if setting.logprob_chunk else 'full'})", "logprobs"),
         ("  logprobs chunked", "logprobs_chunked"), ("  logprobs full [B, C, V]", "logprobs_full"),
         ("training step (gradients .. logprobs)", "training_step"),
-        ("rollout phase (gathered policy, HF KV cache)", "rollout_phase"),
+        ("rollout phase (gathering, HF KV cache; vLLM if it sleeps)", "rollout_phase"),
     ]
     for label, name in rows:
         print(f"  {label:<46} {gib(name):>9.2f} GiB")

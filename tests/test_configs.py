@@ -104,3 +104,36 @@ def test_the_default_bar_is_tqdm_so_the_summary_json_prints_last():
     assert isinstance(cli.trainer.progress_bar_callback, TQDMProgressBar)
     quiet = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--trainer.enable_progress_bar=false"], run=False)
     assert quiet.trainer.progress_bar_callback is None
+
+
+@pytest.mark.parametrize("overlays", [[], ["configs/model/qwen2.5_7b.yaml"]], ids=["1.5b", "7b"])
+def test_slurm_script_runs_the_fsdp2_gpu_configs_on_every_gpu(tmp_path, overlays):
+    """scripts/slurm_gc_rl.sh on 2 nodes x 8 GPUs, with ``srun`` replaced by a stand-in that
+    prints the config the command line makes: FSDP2 over all 16 GPUs, vLLM sized from
+    gpu_memory_utilization (sleep mode left to the device), and PreemptionCheckpoint."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/bash\nshift\nexec {sys.executable} -m sorl "$@" --print_config\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {
+        **os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "8",
+        "RUN_DIR": str(tmp_path / "run"), "CONFIGS": " ".join(["configs/qwen2.5_gpu.yaml", *overlays]),
+    }  # fmt: skip
+    result = subprocess.run(["bash", "scripts/slurm_gc_rl.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load(result.stdout)
+    trainer = config["trainer"]
+    assert trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")
+    assert trainer["strategy"]["init_args"]["data_parallel_size"] == 16
+    assert (trainer["num_nodes"], str(trainer["devices"]), trainer["precision"]) == (2, "8", "bf16-mixed")  # "8": Lightning takes both
+    assert any(c["class_path"] == "sorl.PreemptionCheckpoint" for c in trainer["callbacks"])
+    engine = config["data"]["init_args"]["engine"]
+    assert engine["class_path"] == "sorl.engines.VLLMEngine"
+    assert engine["init_args"]["kv_cache_gib"] is None and engine["init_args"]["sleep_mode"] is None
+    assert config["model"]["init_args"]["model"].endswith("7B-Instruct" if overlays else "1.5B-Instruct")

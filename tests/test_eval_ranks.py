@@ -22,6 +22,7 @@ def _validate(tmp_path, devices: int, eval_max_questions: int, *extra: str) -> d
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / name}",
         f"--data.eval_max_questions={eval_max_questions}", "--data.eval_samples=0", *extra,
     ]  # fmt: skip
+    # a hang (a rank waiting in a collective the other never joins) fails here instead of stalling the suite
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(metrics.read_text())
@@ -44,11 +45,13 @@ def test_two_process_evaluation_of_an_uneven_set_equals_one_process(tmp_path, ev
 
 
 @pytest.mark.slow
-def test_fsdp2_evaluation_of_an_uneven_set_equals_one_process(tmp_path):
-    """Under FSDP2 with 4 + 3 questions. A rank with no item at all still hangs under FSDP2
-    (eval_max_questions=1; not found yet, see the branch's report)."""
-    one = _validate(tmp_path, 1, 7)
-    two = _validate(tmp_path, 2, 7, "--config", str(ROOT / "configs" / "strategy" / "fsdp_cpu.yaml"))
-    assert "eval/crit_acc" in one
+@pytest.mark.parametrize("eval_max_questions", [1, 7])
+def test_fsdp2_evaluation_of_an_uneven_set_equals_one_process(tmp_path, eval_max_questions):
+    """Under FSDP2, down to a rank with no item at all (1 question), which hung until HFEngine
+    stopped transformers' generate from synchronising its decode steps across ranks (it does so
+    for any module fully_shard manages; see sorl.engines.hf)."""
+    one = _validate(tmp_path, 1, eval_max_questions)
+    two = _validate(tmp_path, 2, eval_max_questions, "--config", str(ROOT / "configs" / "strategy" / "fsdp_cpu.yaml"))
+    assert ("eval/crit_acc" in one) == (eval_max_questions > 1)
     assert set(two) == set(one)
     assert all(two[name] == pytest.approx(one[name], abs=1e-6) for name in one), (one, two)

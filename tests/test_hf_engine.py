@@ -86,3 +86,18 @@ def test_hf_engine_sampled_logprobs_match_the_trainer(hostile_policy_dir):
             trainer, _ = completion_logprobs(model, ids, torch.ones_like(ids), completion_ids, temperature)
             torch.testing.assert_close(torch.tensor(completion.logprobs), trainer[0], atol=1e-4, rtol=0)
     assert len(distinct) > len(prompts)  # it sampled (the folder's temperature 0.05 would be near-greedy)
+
+
+def test_generate_never_synchronises_ranks(monkeypatch):
+    """transformers' generate all-reduces "finished?" at every decode step for a module that
+    torch's fully_shard manages (synced_gpus); HFEngine turns that off, since ranks call it
+    different numbers of times (tests/test_eval_ranks.py runs the 2-process case)."""
+    policy, tokenizer = load_policy(None), load_tokenizer(None)
+    policy._is_fsdp_managed_module = True  # what fully_shard sets
+    seen = []
+    generate = policy.generate
+    monkeypatch.setattr(policy, "generate", lambda **kwargs: seen.append(kwargs.get("synced_gpus")) or generate(**kwargs))
+    engine = HFEngine()
+    engine.setup(policy, tokenizer)
+    engine.generate([[3, 4]], 1, SamplingParams(greedy=True, max_new_tokens=2))
+    assert seen == [False]

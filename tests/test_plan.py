@@ -36,6 +36,7 @@ FSDP_SETTING = Setting(
     world_size=4, fsdp=True, auto_wrap=True, param_bytes=4, compute_bytes=2, gradient_checkpointing=True,
     reference=False, training=True, micro_batch=2, sequence_tokens=100, completion_tokens=40, logprob_chunk=16,
     vllm=True, vllm_param_bytes=2, gpu_memory_utilization=0.5, kv_cache_gib=None, hf_generation_rows=0,
+    vllm_sleep=True,
 )
 
 
@@ -67,19 +68,23 @@ def test_plan_arithmetic_fsdp_per_layer_with_vllm():
     layer 435200 = 512000; without: 3*435200 = 1305600;
     logprobs: (16 + 2) * B*C*V = 18*80000 = 1440000 full, 18*16*1000 = 288000 in chunks of 16;
     vLLM: weights N*2 = 350080, KV cache 0.5 GiB - 350080 = 536870912 - 350080 = 536520832;
-    rollout: the gathered policy N*p*(W-1)/W = 525120;
-    training step 175040 + 552192 + 512000 + 288000 = 1527232 (more than the rollout's 525120);
-    total 175040 + 350080 + 350080 + 536520832 + 1527232 = 538923264."""
+    rollout: no gathered policy; the streamed sync's ~two largest tensors 2*max(V, I)*H*2 =
+    2*1000*64*2 = 256000; in sleep mode vLLM counts here: 256000 + 350080 + 536520832 = 537126912;
+    training step 175040 + 552192 + 512000 + 288000 = 1527232 (less than the rollout);
+    total 175040 + 350080 + 537126912 = 537652032."""
     parts = plan_memory(Architecture.from_config(TINY), FSDP_SETTING, gpu_memory_gib=1.0)
     expected = {
         "parameters": 175040, "optimizer": 350080, "reference": 0, "gradients": 175040,
         "gathered_parameters": 552192, "activations_checkpointed": 512000, "activations_full": 1305600,
         "logprobs_full": 1440000, "logprobs_chunked": 288000, "vllm_weights": 350080,
-        "vllm_kv_cache": 536520832, "rollout_gathered_policy": 525120, "hf_kv_cache": 0,
-        "activations": 512000, "logprobs": 288000, "training_step": 1527232, "rollout_phase": 525120,
-        "total": 538923264,
+        "vllm_kv_cache": 536520832, "rollout_gathered_policy": 256000, "hf_kv_cache": 0,
+        "activations": 512000, "logprobs": 288000, "training_step": 1527232, "rollout_phase": 537126912,
+        "total": 537652032,
     }
     assert parts == expected
+    # Without sleep mode vLLM stays resident beside training: 525120 + 350080 + 536520832 + 1527232.
+    awake = plan_memory(Architecture.from_config(TINY), Setting(**{**FSDP_SETTING.__dict__, "vllm_sleep": False}), 1.0)
+    assert (awake["rollout_phase"], awake["total"]) == (256000, 538923264)
 
 
 def test_plan_arithmetic_ddp_without_checkpointing_with_hf_engine():
@@ -124,7 +129,7 @@ def test_main_reads_the_config_into_the_hand_computed_setting(tmp_path, capsys, 
                    "--max-prompt-tokens", "30", "--critique-overhead-tokens", "10"])
     assert result["setting"] == FSDP_SETTING.__dict__  # world size 4 from trainer.devices
     assert result["num_parameters"] == TINY_PARAMETERS
-    assert result["per_gpu_gib"] == round(538923264 / GIB, 2) and result["fits"] is True
+    assert result["per_gpu_gib"] == round(537652032 / GIB, 2) and result["fits"] is True
     assert result["length_budget_error"] is None
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
 

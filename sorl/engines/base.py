@@ -30,6 +30,11 @@ class RolloutEngine(Protocol):
     #: The longest prompt + completion in tokens the engine takes; ``None``: the model's
     #: ``max_position_embeddings``. The DataModule checks its length budgets against it.
     max_model_len: int | None
+    #: Whether ``generate`` runs the policy's own modules (``HFEngine``): under FSDP2 the
+    #: DataModule then holds the policy's whole parameters while it samples. ``False`` for an
+    #: engine with its own copy of the weights (``VLLMEngine``), which ``sync_weights`` gathers
+    #: one tensor at a time instead. Read with ``True`` as the default for engines that lack it.
+    samples_policy_modules: bool
 
     def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         """Called once before the first ``generate`` with the policy being trained."""
@@ -44,4 +49,6 @@ class RolloutEngine(Protocol):
         """``n`` completions for each prompt, in prompt order; the same seed gives the same samples."""
 
     def sync_weights(self, policy: PreTrainedModel) -> None:
-        """Make the engine sample from ``policy``'s current weights."""
+        """Make the engine sample from ``policy``'s current weights. The DataModule calls it on
+        every rank before every rollout and evaluation (whether or not the rank then samples), so
+        it may run collectives (gathering a sharded policy, starting an engine)."""

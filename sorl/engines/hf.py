@@ -42,6 +42,8 @@ class HFEngine:
     :func:`_library_defaults`).
     """
 
+    samples_policy_modules = True  # generate runs the trained modules themselves
+
     def __init__(self, max_batch_rows: int = 512, max_model_len: int | None = None) -> None:
         self.max_batch_rows = max_batch_rows  # prompts x samples per generate call, bounds memory
         # transformers sets no limit itself; past the model's positions its outputs degrade
@@ -92,6 +94,12 @@ class HFEngine:
                         input_ids=ids.to(policy.device),
                         attention_mask=mask.to(policy.device),
                         generation_config=config,
+                        # transformers turns this on for a module torch's fully_shard manages: every
+                        # decode step then all-reduces "finished?" over all ranks, which hangs as soon
+                        # as ranks make different numbers of calls (an empty evaluation shard, a rank
+                        # without critique pairs). The caller holds whole parameters (see
+                        # sorl.distributed.full_parameters), so no step needs another rank.
+                        synced_gpus=False,
                     )
                     generated = out.sequences[:, ids.shape[1] :]  # [rows, T]
                     new_tokens = generated.tolist()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import weakref
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sorl.engines.base import Completion, SamplingParams
@@ -16,17 +19,29 @@ VLLMDType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class VLLMEngine:
-    """Samples with a vLLM ``LLM`` that lives in the training process, created on first use.
+    """Samples with a vLLM ``LLM`` that lives in the training process.
 
-    On the first ``generate`` the policy's config and tokenizer are saved to a temporary folder and
-    vLLM starts from it (5 to 10 s on 2 CPU cores, most of it importing vLLM); then, and at every
-    ``sync_weights``, the policy's current tensors are passed to vLLM's model in place
-    (``reload_weights``, no disk round trip) and the prefix cache, computed with the old weights,
-    is reset.
+    ``start`` (or the first ``sync_weights``) saves the policy's config and tokenizer to a
+    temporary folder and starts vLLM from it (5 to 10 s on 2 CPU cores, most of it importing
+    vLLM); at every ``sync_weights`` the policy's current tensors are then streamed into vLLM's
+    model in place (``reload_weights``, no disk round trip) and the prefix cache, computed with
+    the old weights, is reset.
 
     When to sync: the DataModule samples only at the start of a round (and in evaluation), and
-    calls ``sync_weights`` right before, so one sync per round is exact; syncing after every
-    optimizer step would copy weights that nothing samples from before the next sync.
+    calls ``sync_weights`` on every rank right before, so one sync per round is exact; syncing
+    after every optimizer step would copy weights that nothing samples from before the next sync.
+
+    Streamed sync: the weights go to vLLM one tensor at a time, in the policy's ``state_dict``
+    order and names (vLLM's ``load_weights`` maps transformers' names; a tied output head is sent
+    under its own name too, as vLLM's reload needs). A parameter sharded by FSDP2 (a ``DTensor``) has its shard cast
+    to the engine's dtype and is then all-gathered whole (``full_tensor``, a collective: every
+    rank syncs together, which the DataModule does), handed to vLLM and dropped; the whole policy
+    is never gathered at once, and nothing gathered is alive once ``sync_weights`` returns, so
+    none of it is held while vLLM generates. vLLM 0.32 keeps the tensors of one of its fused
+    modules (q, k and v; gate and up) until the module's last one arrives, so the most bytes held
+    at once is about the largest such group, not one parameter: ``last_sync_peak_bytes`` is that
+    peak as measured in the last sync (the tensors this engine made, gathered or cast, counted
+    from when they are handed over until they are freed).
 
     Sampling follows ``HFEngine``: no top-k, stop at the tokenizer's and the generation config's
     EOS, text decoded by the policy's tokenizer without special tokens. With
@@ -36,8 +51,18 @@ class VLLMEngine:
     distribution the trainer's logprobs use. The same ``seed`` gives the same samples: each prompt
     gets its own vLLM seed drawn from ``random.Random(seed)`` (``seed=None``: fresh ones).
 
-    DDP: every process builds its own engine from its own (identical) policy replica. Sharded
-    policies (FSDP) are not supported: ``state_dict`` must hold full tensors.
+    DDP and FSDP2: every process runs its own engine with the whole policy. vLLM's start is a
+    collective under its ``external_launcher`` (several processes on GPUs), and so is an FSDP2
+    sync: the DataModule calls ``sync_weights`` on every rank before every rollout and
+    evaluation, whatever the rank then samples. ``generate`` never gathers: with a sharded policy
+    it refuses to run on weights that were not synced.
+
+    Sleep mode (GPU): between rollouts vLLM gives its memory back to training. vLLM starts with
+    ``enable_sleep_mode`` and sleeps at once; a sync wakes the weights, streams the new ones in
+    and sleeps again; ``generate`` wakes the weights, syncs them if stale, wakes the KV cache,
+    samples and sleeps. Level 1: weights are kept in CPU memory and the KV cache is dropped;
+    level 2 would drop the weights too, and a ``generate`` without a sync before it (the second
+    of a round) would then have none.
 
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set when it starts),
     which is what lets ``sync_weights`` hand it tensors without copies. On CPU, vLLM then makes
@@ -59,7 +84,11 @@ class VLLMEngine:
             for small models. Set ``False`` on a GPU for throughput.
         enable_prefix_caching: reuse the KV cache of shared prompt prefixes (the n samples of a
             prompt, repeated system prompts); reset at every weight sync.
+        sleep_mode: vLLM's sleep mode (see above); ``None`` turns it on where vLLM has it (a CUDA
+            policy) and off on CPU, where ``True`` is an error.
     """
+
+    samples_policy_modules = False  # vLLM has its own copy of the weights, synced by sync_weights
 
     def __init__(
         self,
@@ -70,6 +99,7 @@ class VLLMEngine:
         max_num_seqs: int = 256,
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
+        sleep_mode: bool | None = None,
     ) -> None:
         if kv_cache_gib is not None and kv_cache_gib <= 0:
             raise ValueError(f"kv_cache_gib must be > 0 or None, got {kv_cache_gib}")
@@ -82,31 +112,58 @@ class VLLMEngine:
         self.max_num_seqs = max_num_seqs
         self.enforce_eager = enforce_eager
         self.enable_prefix_caching = enable_prefix_caching
+        self.sleep_mode = sleep_mode
         self.policy: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.llm: Any = None  # vllm.LLM, created on the first generate
+        self.llm: Any = None  # vllm.LLM, created by start
+        self.last_sync_peak_bytes = 0  # most bytes of the tensors a sync made (gathers, casts) alive at once
+        self.sync_bytes_held = 0  # bytes of those tensors alive now (0 once a sync has returned)
         self._start_dir: tempfile.TemporaryDirectory | None = None
         self._stale = False  # the policy changed since vLLM last received its weights
+        self._sleeps = False  # sleep mode, resolved for the policy's device by setup
 
     def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        on_cuda = policy.device.type == "cuda"
+        if self.sleep_mode and not on_cuda:
+            raise ValueError(
+                f"VLLMEngine(sleep_mode=True) needs a CUDA device (vLLM has no sleep mode on {policy.device.type}); "
+                "leave sleep_mode unset (None) to use it where it exists"
+            )
         self.policy, self.tokenizer = policy, tokenizer
+        self._sleeps = on_cuda if self.sleep_mode is None else self.sleep_mode
         self._stale = True
 
+    def start(self) -> None:
+        """Starts vLLM if it has not started (a collective under ``external_launcher``: call it on
+        every rank); asleep afterwards in sleep mode, and without the policy's weights until a sync."""
+        if self.policy is None or self.tokenizer is None:
+            raise RuntimeError("VLLMEngine.setup(policy, tokenizer) must be called before start")
+        if self.llm is None:
+            self._start()
+            if self._sleeps:
+                self.llm.sleep(level=1)
+
     def sync_weights(self, policy: PreTrainedModel) -> None:
+        """Starts vLLM if needed and streams ``policy``'s weights into it. Under a sharded policy a
+        collective: every rank calls it together."""
         self.policy = policy
         self._stale = True
-        if self.llm is not None:
-            self._push_weights()
+        self.start()
+        if self._sleeps:
+            self.llm.wake_up(tags=["weights"])
+        self._push_weights()
+        if self._sleeps:
+            self.llm.sleep(level=1)
 
     def generate(
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams, seed: int | None = None
     ) -> list[list[Completion]]:
         if self.policy is None or self.tokenizer is None:
             raise RuntimeError("VLLMEngine.setup(policy, tokenizer) must be called before generate")
-        if self.llm is None:
-            self._start()
-        elif self._stale:
-            self._push_weights()
+        if self._stale and _is_sharded(self.policy):
+            # gathering here would be a collective that ranks with nothing to sample never join
+            raise RuntimeError("VLLMEngine: with a sharded policy, call sync_weights on every rank before generate")
+        self.start()
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -127,13 +184,23 @@ class VLLMEngine:
             )
             for _ in prompt_ids
         ]
-        # Lightning's mixed precision may have autocast on here (evaluation): vLLM runs in its own dtype.
-        # Its sampler draws from the global torch RNG too (in this process): keep training's stream.
         device = self.policy.device
-        with torch.autocast(device.type, enabled=False), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params, use_tqdm=False
-            )
+        if self._sleeps:
+            self.llm.wake_up(tags=["weights"])
+        try:
+            if self._stale:
+                self._push_weights()
+            if self._sleeps:
+                self.llm.wake_up(tags=["kv_cache"])
+            # Lightning's mixed precision may have autocast on here (evaluation): vLLM runs in its own dtype.
+            # Its sampler draws from the global torch RNG too (in this process): keep training's stream.
+            with torch.autocast(device.type, enabled=False), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                outputs = self.llm.generate(
+                    [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params, use_tqdm=False
+                )
+        finally:
+            if self._sleeps:  # training gets the memory back, also when sampling failed
+                self.llm.sleep(level=1)
         results = []
         for output in outputs:  # vLLM returns requests in input order
             group = []
@@ -191,19 +258,70 @@ class VLLMEngine:
                 # vLLM 0.32 on CPU fails on seeded requests whose prompt is split across steps
                 # ("CPU Generator does not use offset"): schedule whole prompts only.
                 enable_chunked_prefill=policy.device.type != "cpu",
+                enable_sleep_mode=self._sleeps,
                 trust_remote_code=False,
             )
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        self._push_weights()
 
     @torch.no_grad()
     def _push_weights(self) -> None:
-        """The policy's current tensors into vLLM's model, in place; then drop cached prefixes."""
-        weights = [(name, tensor.detach()) for name, tensor in self.policy.state_dict().items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        """The policy's current tensors streamed into vLLM's model, in place; then drop cached prefixes."""
+        weights = self._streamed_weights()
+        self.last_sync_peak_bytes = self.sync_bytes_held
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        finally:
+            # Every rank runs every gather, also if vLLM stopped reading early (or failed).
+            for _ in weights:
+                pass
         self.llm.reset_prefix_cache()
         self._stale = False
+
+    def _streamed_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` in the engine's dtype, one at a time, gathered whole from FSDP2 shards.
+
+        Tensors this makes (a gather, a cast) are counted in ``_held_bytes`` from when they are
+        handed over until they are freed (``weakref.finalize``), and the peak is kept.
+        """
+        dtype = self._dtype()
+        # Every name, a tied output head too (gathered again, not kept from the embedding's turn):
+        # vLLM 0.32's reload counts what each of its modules received, and a head left out kept
+        # the weights it had before (greedy outputs went wrong when it was skipped).
+        for name, tensor in self.policy.state_dict(keep_vars=True).items():
+            with torch.no_grad():
+                tensor = tensor.detach()
+                if isinstance(tensor, DTensor):
+                    # the shard is cast first: the gather moves and holds the engine's dtype only
+                    whole = tensor.to(dtype if tensor.is_floating_point() else tensor.dtype).full_tensor()
+                else:
+                    whole = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            if whole.untyped_storage().data_ptr() != _storage_of(tensor):
+                self._count(whole)
+            del tensor
+            yield name, whole
+            del whole  # nothing of this engine's keeps it past vLLM's use
+
+    def _count(self, tensor: torch.Tensor) -> None:
+        size = tensor.untyped_storage().nbytes()
+        self.sync_bytes_held += size
+        self.last_sync_peak_bytes = max(self.last_sync_peak_bytes, self.sync_bytes_held)
+        weakref.finalize(tensor, self._release, size)
+
+    def _release(self, size: int) -> None:
+        self.sync_bytes_held -= size
+
+    def _dtype(self) -> torch.dtype:
+        return self.policy.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+
+
+def _is_sharded(policy: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in policy.parameters())
+
+
+def _storage_of(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.untyped_storage().data_ptr()
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:
