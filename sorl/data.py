@@ -249,7 +249,7 @@ class RolloutDataModule(LightningDataModule):
         FSDP2 (:func:`~sorl.distributed.full_parameters`); an engine with its own weights
         (``samples_policy_modules = False``) gathers them one at a time in ``sync_weights`` and
         needs nothing held."""
-        if getattr(self.engine, "samples_policy_modules", True):
+        if self.engine.samples_policy_modules:
             return full_parameters(self.trainer)
         return nullcontext()
 

@@ -230,9 +230,9 @@ def test_gc_rl_fit_with_vllm_changes_the_policy_and_corrects_with_its_logprobs(t
     assert all(abs(r - 1.0) < 0.1 for r in ratios), ratios
 
 
-@requires_vllm
-def test_two_process_ddp_with_vllm_ends_with_identical_changed_weights(tmp_path):
-    """Each rank starts its own engine inside the DDP process group; training stays in lockstep."""
+def _two_process_vllm_fit(tmp_path, configs, overrides, env=None):
+    """``sorl fit`` of configs/gc_rl.yaml with vLLM rollouts on 2 CPU processes (the strategy comes
+    from ``configs``/``overrides``); returns each rank's final weights (ddp_helpers.SaveRankWeights)."""
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text(
         "trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n"
@@ -241,18 +241,25 @@ def test_two_process_ddp_with_vllm_ends_with_identical_changed_weights(tmp_path)
     command = [
         sys.executable, "-m", "sorl", "fit",
         "--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(ROOT / "configs" / "engine" / "vllm.yaml"),
-        "--config", str(callbacks),
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-        "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=2", f"--trainer.default_root_dir={tmp_path}",
-        f"--model.export_dir={tmp_path / 'hf'}", "--data.questions_per_round=6", "--data.responses_per_question=4",
-        "--data.critique_pairs_per_round=3", "--data.critiques_per_response=4", "--data.batch_size=8",
-        "--data.eval_max_questions=8", "--data.eval_samples=0",
+        *(arg for config in configs for arg in ("--config", str(config))), "--config", str(callbacks),
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}", f"--model.export_dir={tmp_path / 'hf'}",
+        "--data.eval_samples=0", *overrides,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "weights" / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "weights" / "rank1.pt", weights_only=True)
+    return [torch.load(tmp_path / "weights" / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+@requires_vllm
+def test_two_process_ddp_with_vllm_ends_with_identical_changed_weights(tmp_path):
+    """Each rank starts its own engine inside the DDP process group; training stays in lockstep."""
+    rank0, rank1 = _two_process_vllm_fit(tmp_path, [], [
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=2", "--data.questions_per_round=6", "--data.responses_per_question=4",
+        "--data.critique_pairs_per_round=3", "--data.critiques_per_response=4", "--data.batch_size=8",
+        "--data.eval_max_questions=8",
+    ])  # fmt: skip
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     initial = AutoModelForCausalLM.from_pretrained(EMBEDDED_POLICY).state_dict()
     assert all(not torch.equal(rank0[name], initial[name]) for name in rank0)
@@ -264,23 +271,9 @@ def test_two_process_fsdp2_fit_with_vllm_and_an_evaluation_shard_left_empty(tmp_
     """FSDP2 with vLLM rollouts through the CLI: every rank syncs (a collective gather per
     tensor) before every rollout and evaluation, also rank 1, which holds no evaluation item
     (1 question); the fit finishes and the gathered weights are the same on both ranks."""
-    callbacks = tmp_path / "callbacks.yaml"
-    callbacks.write_text(
-        "trainer:\n  callbacks:\n    - class_path: sorl.LabelBalancing\n"
-        f"    - class_path: ddp_helpers.SaveRankWeights\n      init_args:\n        dirpath: {tmp_path / 'weights'}\n"
-    )
-    command = [
-        sys.executable, "-m", "sorl", "fit",
-        "--config", str(ROOT / "configs" / "gc_rl.yaml"), "--config", str(ROOT / "configs" / "engine" / "vllm.yaml"),
-        "--config", str(ROOT / "configs" / "strategy" / "fsdp_cpu.yaml"), "--config", str(callbacks),
-        "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=1",
-        "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={tmp_path}", f"--model.export_dir={tmp_path / 'hf'}",
+    rank0, rank1 = _two_process_vllm_fit(tmp_path, [ROOT / "configs" / "strategy" / "fsdp_cpu.yaml"], [
+        "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1", "--trainer.num_sanity_val_steps=0",
         "--data.questions_per_round=4", "--data.responses_per_question=4", "--data.critique_pairs_per_round=2",
-        "--data.critiques_per_response=2", "--data.batch_size=8", "--data.eval_max_questions=1", "--data.eval_samples=0",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "weights" / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "weights" / "rank1.pt", weights_only=True)
+        "--data.critiques_per_response=2", "--data.batch_size=8", "--data.eval_max_questions=1",
+    ], env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)

@@ -33,7 +33,7 @@ class RolloutEngine(Protocol):
     #: Whether ``generate`` runs the policy's own modules (``HFEngine``): under FSDP2 the
     #: DataModule then holds the policy's whole parameters while it samples. ``False`` for an
     #: engine with its own copy of the weights (``VLLMEngine``), which ``sync_weights`` gathers
-    #: one tensor at a time instead. Read with ``True`` as the default for engines that lack it.
+    #: one tensor at a time instead.
     samples_policy_modules: bool
 
     def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
