@@ -190,14 +190,20 @@ def round_batches(
     critique_share: float | None = None,
 ) -> list[dict[str, Any]]:
     """This rank's micro-batches of ``samples`` (already in training order) for the whole round:
-    ``batch_size`` samples each, or with ``max_tokens_per_micro_batch`` grouped by length within
-    that many padded tokens (:func:`length_grouped`, shuffled by ``group_rng``).
+    ``batch_size`` samples each (each optimizer step's ``batch_size x accumulation`` samples
+    sorted by group first), or with ``max_tokens_per_micro_batch`` grouped by length within that
+    many padded tokens (:func:`length_grouped`, shuffled by ``group_rng``).
 
     Every rank gets the same number of whole optimizer steps, padded with empty micro-batches, or
     DDP waits forever; ``reduce`` combines the ranks' counts (max of steps, sum of tokens).
     ``critique_share`` weighs the kinds (see :func:`set_step_normalizers`).
     """
     if max_tokens_per_micro_batch is None:
+        # Within each optimizer step's samples, a group's samples go together (sorted by group):
+        # the step trains the same samples, and its micro-batches hold whole groups, whose shared
+        # prompt the update runs once (GCRLModule(share_prompts=True)).
+        step = batch_size * accumulation
+        samples = [s for start in range(0, len(samples), step) for s in sorted(samples[start : start + step], key=lambda s: s.group)]
         groups = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
     else:
         groups = length_grouped(samples, batch_size, max_tokens_per_micro_batch, group_rng)

@@ -57,6 +57,10 @@ class GCRLModule(LightningModule):
         dtype: parameter dtype of the policy.
         trust_remote_code: allow code shipped with a model folder to run. Off unless you trust it.
         gradient_checkpointing: trade compute for memory on large policies.
+        share_prompts: run each distinct prompt of a micro-batch once in the update (the k responses
+            of a question and the m critiques of a pair share theirs) and the completions on its KV
+            cache: the same logprobs up to rounding, for fewer positions (see
+            :func:`~sorl.policy.completion_logprobs`). Off under FSDP2 and with gradient checkpointing.
         logprob_chunk_size: completion positions per chunk through the output projection, so that
             no [B, T, vocabulary] float32 logits are kept for backward (see
             :func:`~sorl.policy.completion_logprobs`); ``None`` uses the model's own head at once.
@@ -75,6 +79,7 @@ class GCRLModule(LightningModule):
         dtype: DType = "float32",
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        share_prompts: bool = True,
         logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE,
         export_dir: str | None = None,
     ) -> None:
@@ -87,6 +92,7 @@ class GCRLModule(LightningModule):
         self.dtype_name = dtype
         self.trust_remote_code = trust_remote_code
         self.gradient_checkpointing = gradient_checkpointing
+        self.share_prompts = share_prompts
         self.logprob_chunk_size = logprob_chunk_size
         self.export_dir = export_dir
         self.tokenizer = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
@@ -162,8 +168,14 @@ class GCRLModule(LightningModule):
         model = model if model is not None else self.policy
         input_ids, attention_mask, completion_ids = batch["input_ids"], batch["attention_mask"], batch["completion_ids"]
         kinds = [rows for rows in (~batch["is_critique"], batch["is_critique"]) if rows.any()]
-        if len(kinds) == 1 or isinstance(model, FSDPModule):
+        if isinstance(model, FSDPModule):
             return completion_logprobs(model, input_ids, attention_mask, completion_ids, batch["temperature"], self.logprob_chunk_size)
+        # transformers drops the KV cache that shared prompts run on under gradient checkpointing
+        share = self.share_prompts and not self.gradient_checkpointing
+        if len(kinds) == 1:
+            return completion_logprobs(
+                model, input_ids, attention_mask, completion_ids, batch["temperature"], self.logprob_chunk_size, share
+            )
         num_rows, width = completion_ids.shape
         prompt_width = input_ids.shape[1] - width
         logprobs = torch.zeros((num_rows, width), dtype=torch.float32, device=input_ids.device)
@@ -177,7 +189,7 @@ class GCRLModule(LightningModule):
             end = prompt_width + kept
             kind_logprobs, kind_entropy = completion_logprobs(
                 model, input_ids[index, first:end], mask[:, first:end], completion_ids[index, :kept], batch["temperature"],
-                self.logprob_chunk_size,
+                self.logprob_chunk_size, share,
             )
             logprobs[index, :kept] = kind_logprobs
             entropy[index, :kept] = kind_entropy

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from sorl.loss import chunked_logprobs_from_hidden, sequence_logprobs_from_logits
 
@@ -85,6 +85,7 @@ def completion_logprobs(
     completion_ids: torch.Tensor,  # [B, C]: the last C columns of input_ids
     temperature: float = 1.0,
     chunk_size: int | None = LOGPROB_CHUNK_SIZE,
+    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logprobs [B, C] of the completion tokens under ``model``, and their entropy [B, C] (no grad).
 
@@ -101,6 +102,13 @@ def completion_logprobs(
     a plain ``nn.Linear`` head and no logit post-processing (:data:`LOGIT_POSTPROCESSING_KEYS`).
     ``chunk_size=None`` calls the model itself with
     ``logits_to_keep`` (its [B, C, V] logits and float32 log-softmax are kept for backward).
+
+    ``share_prompts`` (chunked path only): rows with the same prompt (the k responses of a
+    question, the m critiques of a pair) share one forward of it: the distinct prompts run once
+    with a KV cache, which is indexed out to their rows (its gradient sums back over them), and
+    the completions run on top of it. The same logprobs up to rounding, for fewer positions. Not
+    with gradient checkpointing (transformers then drops the cache) nor under FSDP2 (every rank must
+    run the same forwards, and whether rows share a prompt is data).
     """
     num_completion = completion_ids.shape[1]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -126,17 +134,64 @@ def completion_logprobs(
             f"{type(model).__name__} transforms its logits after the head ({postprocessing}), which chunked "
             "logprobs do not reproduce; pass chunk_size=None"
         )
-    # Through the model's own forward (its head on one position only), not its decoder module:
-    # FSDP2 gathers the root's parameters (embeddings, final norm, head) in the root's forward
-    # hooks and reduces their gradients only for a forward that ran through them. The decoder's
-    # last hidden state (after the final norm) is caught by a hook on it: asking the model for
-    # hidden states would keep every layer's, and selecting one is not in every transformers.
+    hidden = _shared_prompt_hidden(model, input_ids, attention_mask, position_ids, num_completion) if share_prompts else None
+    if hidden is None:
+        hidden = _decoder_output(model, input_ids, attention_mask, position_ids)  # [B, P + C, H]
+        hidden = hidden[:, -(num_completion + 1) : -1]  # [B, C, H]: position t predicts token t + 1
+    return chunked_logprobs_from_hidden(hidden, head.weight, head.bias, completion_ids, temperature, chunk_size)
+
+
+def _shared_prompt_hidden(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [B, P + C]
+    attention_mask: torch.Tensor,  # [B, P + C]
+    position_ids: torch.Tensor,  # [B, P + C]
+    num_completion: int,
+) -> torch.Tensor | None:
+    """The hidden states [B, C, H] that predict the completion tokens, each distinct prompt run
+    once (see ``share_prompts`` in :func:`completion_logprobs`); None when no two rows share one."""
+    prompt_width = input_ids.shape[1] - num_completion
+    prompts = torch.cat([input_ids[:, :prompt_width], attention_mask[:, :prompt_width]], dim=1)  # [B, 2P]
+    distinct, row_prompt = torch.unique(prompts, dim=0, return_inverse=True)  # [U, 2P], [B]
+    if len(distinct) == len(prompts):
+        return None
+    rows = torch.arange(len(prompts), device=input_ids.device)
+    first = torch.full((len(distinct),), len(prompts), device=input_ids.device).scatter_reduce(0, row_prompt, rows, "amin")  # [U]
+    cache = DynamicCache(config=model.config)
+    prompt_hidden = _decoder_output(
+        model, input_ids[first, :prompt_width], attention_mask[first, :prompt_width], position_ids[first, :prompt_width], cache
+    )  # [U, P, H]
+    cache.batch_select_indices(row_prompt)  # [U, ...] -> [B, ...]: the gradient sums back over a prompt's rows
+    completion_hidden = _decoder_output(
+        model, input_ids[:, prompt_width:], attention_mask, position_ids[:, prompt_width:], cache
+    )  # [B, C, H]
+    # the prompt's last position predicts the first completion token
+    return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden[:, :-1]], dim=1)
+
+
+def _decoder_output(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [B, L]
+    attention_mask: torch.Tensor,  # [B, cached + L]
+    position_ids: torch.Tensor,  # [B, L]
+    cache: DynamicCache | None = None,  # holds the first ``cached`` positions; grown by these
+) -> torch.Tensor:
+    """The decoder's last hidden states [B, L, H] (after the final norm); without ``cache``, no
+    cache is built.
+
+    Through the model's own forward (its head on one position only), not its decoder module:
+    FSDP2 gathers the root's parameters (embeddings, final norm, head) in the root's forward
+    hooks and reduces their gradients only for a forward that ran through them. The hidden state
+    is caught by a hook on the decoder: asking the model for hidden states would keep every
+    layer's, and selecting one is not in every transformers.
+    """
     caught: list[torch.Tensor] = []
     hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(output[0]))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+        model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, use_cache=cache is not None, logits_to_keep=1,
+        )  # fmt: skip
     finally:
         hook.remove()
-    hidden = caught[0]  # [B, P + C, H]
-    hidden = hidden[:, -(num_completion + 1) : -1]  # [B, C, H]: position t predicts token t + 1
-    return chunked_logprobs_from_hidden(hidden, head.weight, head.bias, completion_ids, temperature, chunk_size)
+    return caught[0]

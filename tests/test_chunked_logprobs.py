@@ -67,9 +67,11 @@ def _batch(vocab_size: int, prompt_lengths: list[int], completion_lengths: list[
     return input_ids, attention_mask, input_ids[:, width_p:]
 
 
-def _logprobs_and_grads(model, input_ids, attention_mask, completion_ids, chunk_size):
+def _logprobs_and_grads(model, input_ids, attention_mask, completion_ids, chunk_size, share_prompts=False):
     model.zero_grad(set_to_none=True)
-    logprobs, entropy = completion_logprobs(model, input_ids, attention_mask, completion_ids, 0.7, chunk_size=chunk_size)
+    logprobs, entropy = completion_logprobs(
+        model, input_ids, attention_mask, completion_ids, 0.7, chunk_size=chunk_size, share_prompts=share_prompts
+    )
     # A weighted sum, so that every position's gradient matters and differs.
     weights = torch.linspace(-1.0, 2.0, logprobs.numel()).view_as(logprobs)
     (logprobs * weights).sum().backward()
@@ -222,3 +224,54 @@ def test_refuses_a_head_that_is_not_linear():
     model.lm_head = torch.nn.Sequential(model.lm_head)
     with pytest.raises(ValueError, match="nn.Linear output head"):
         completion_logprobs(model, *_batch(64, [3], [2]))
+
+
+# ---------------------------------------------------------------- shared prompts
+def _grouped_batch(vocab_size: int):
+    """Three prompts (lengths 5, 2, 7: left padding differs) with 3, 1 and 2 completions of
+    different lengths, rows interleaved as a shuffled micro-batch holds them."""
+    input_ids, attention_mask, _ = _batch(vocab_size, [5, 2, 7], [1, 1, 1])
+    prompts = input_ids[:, :7], attention_mask[:, :7]
+    rows = [0, 2, 0, 1, 2, 0]  # the prompt of each row
+    completion_lengths = [4, 6, 1, 3, 5, 2]
+    generator = torch.Generator().manual_seed(2)
+    completions = torch.zeros((len(rows), 6), dtype=torch.long)
+    completion_mask = torch.zeros_like(completions)
+    for row, length in enumerate(completion_lengths):
+        completions[row, :length] = torch.randint(1, vocab_size, (length,), generator=generator)
+        completion_mask[row, :length] = 1
+    ids = torch.cat([prompts[0][rows], completions], dim=1)
+    mask = torch.cat([prompts[1][rows], completion_mask], dim=1)
+    return ids, mask, completions
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("model_name", ["embedded", "smollm2_shaped"])
+def test_shared_prompts_equal_one_forward_per_row(model_name: str, dtype: torch.dtype):
+    """Each distinct prompt run once, its KV cache indexed out to its rows: the same logprobs,
+    entropy and gradients as a forward of every whole row. In float64 the values agree to 1e-12;
+    the gradients to float32 rounding (measured 3.5e-7 of scale), because Llama's RMSNorm computes
+    in float32 and the shared path sums a prompt's row gradients before that cast, not after."""
+    model = (load_policy(EMBEDDED_POLICY).train() if model_name == "embedded" else _smollm2_shaped()).to(dtype)
+    batch = _grouped_batch(model.config.vocab_size)
+    mask = batch[1][:, 7:].bool()
+    reference, reference_entropy, reference_grads = _logprobs_and_grads(model, *batch, chunk_size=5)
+    logprobs, entropy, grads = _logprobs_and_grads(model, *batch, chunk_size=5, share_prompts=True)
+    values, grads_relative = (dict(atol=1e-12, rtol=1e-12), 2e-6) if dtype == torch.float64 else (TOL, 2e-5)
+    torch.testing.assert_close(logprobs[mask], reference[mask], **values)
+    torch.testing.assert_close(entropy[mask], reference_entropy[mask], **values)
+    for name, grad in grads.items():
+        _assert_close_to_scale(grad, reference_grads[name], grads_relative, name)
+
+
+def test_shared_prompts_run_each_distinct_prompt_once():
+    """The decoder sees 3 prompt rows (not 6) and then the 6 completions: fewer positions."""
+    model = _smollm2_shaped()
+    ids, mask, completions = _grouped_batch(model.config.vocab_size)
+    shapes = []
+    model.get_decoder().register_forward_hook(lambda module, args, output: shapes.append(tuple(output[0].shape[:2])))
+    completion_logprobs(model, ids, mask, completions, 0.7, share_prompts=True)
+    assert shapes == [(3, 7), (6, 6)]
+    shapes.clear()
+    completion_logprobs(model, ids[[0, 1]], mask[[0, 1]], completions[[0, 1]], 0.7, share_prompts=True)
+    assert shapes == [(2, 13)]  # no prompt shared: one forward of whole rows

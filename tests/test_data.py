@@ -165,3 +165,21 @@ def test_ranks_get_disjoint_shards_of_each_round():
         seen_by_round.append(set(shards[0]) | set(shards[1]))
     # 50 questions, 16 per round: the first three rounds use 48 distinct questions
     assert len(set().union(*seen_by_round)) == 48
+
+
+
+def test_micro_batches_of_a_step_hold_whole_groups():
+    """Each optimizer step trains the samples of its place in the shuffled order, but its
+    micro-batches take them group by group, so that the update runs a shared prompt once."""
+    datamodule = _datamodule(accumulation=2, batch_size=3)
+    round_ = _round([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])  # groups 0..5, two samples each
+    samples = datamodule.training_samples(round_)
+    batches = datamodule.make_batches(round_, pad_id=0)
+    steps = [samples[:6], samples[6:]]
+    for step, (first, second) in zip(steps, [batches[:2], batches[2:]]):
+        trained = torch.cat([first["completion_mask"].sum(-1), second["completion_mask"].sum(-1)])
+        assert sorted(trained.tolist()) == sorted(float(len(s.completion.token_ids)) for s in step)
+        lengths = trained.tolist()  # this round's lengths are distinct: they name the samples
+        groups = [next(s.group for s in step if len(s.completion.token_ids) == n) for n in lengths]
+        assert groups == sorted(groups)
+

@@ -65,3 +65,4 @@ def test_trainer_without_reload_fails_clearly(tmp_path):
     trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
         trainer.fit(GCRLModule(), RolloutDataModule(ArithmeticTask(num_eval=8)))
+
