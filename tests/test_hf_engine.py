@@ -1,6 +1,7 @@
 """HFEngine samples the distribution the trainer scores, whatever the model folder's
 ``generation_config.json`` says (transformers would otherwise fill unset settings from it)."""
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -101,3 +102,40 @@ def test_generate_never_synchronises_ranks(monkeypatch):
     engine.setup(policy, tokenizer)
     engine.generate([[3, 4]], 1, SamplingParams(greedy=True, max_new_tokens=2))
     assert seen == [False]
+
+
+def test_bf16_engine_samples_a_copy_refreshed_by_each_sync():
+    """HFEngine(dtype="bfloat16") samples from a bfloat16 copy of the float32 policy: its greedy
+    tokens are those of the policy cast by hand, the trained parameters stay float32, and a sync
+    after an update carries the new weights into the copy."""
+    policy, tokenizer = load_policy(None).train(), load_tokenizer(None)
+    engine = HFEngine(dtype="bfloat16")
+    engine.setup(policy, tokenizer)
+    prompts = _prompts(tokenizer)
+    greedy = SamplingParams(greedy=True, max_new_tokens=24)
+
+    def by_hand() -> list[list[int]]:
+        cast = copy.deepcopy(policy)
+        for param in cast.parameters():
+            param.data = param.data.to(torch.bfloat16)
+        reference = HFEngine()
+        reference.setup(cast, tokenizer)
+        return [group[0].token_ids for group in reference.generate(prompts, 1, greedy)]
+
+    assert [group[0].token_ids for group in engine.generate(prompts, 1, greedy)] == by_hand()
+    assert {p.dtype for p in policy.parameters()} == {torch.float32} and policy.training
+    assert {p.dtype for p in engine.policy.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    before = [group[0].token_ids for group in engine.generate(prompts, 1, greedy)]
+    engine.sync_weights(policy)
+    after = [group[0].token_ids for group in engine.generate(prompts, 1, greedy)]
+    assert after == by_hand() != before
+
+
+def test_engine_dtype_of_the_policy_samples_the_policy_itself():
+    policy = load_policy(None, dtype="bfloat16")
+    engine = HFEngine(dtype="bfloat16")
+    engine.setup(policy, load_tokenizer(None))
+    assert engine.policy is policy
