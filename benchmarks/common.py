@@ -20,13 +20,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are only written to files
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -118,6 +121,22 @@ def read_scalars(root_dir: Path) -> dict[str, list[tuple[int, float]]]:
     All event files of a run directory are read together: a logger can open a second file,
     e.g. when the Evaluation callback logs after the logger was finalized.
     """
+    accumulator = _run_events(root_dir)
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def read_wall_times(root_dir: Path) -> dict[str, list[float]]:
+    """tag -> the Unix time at which each value of ``read_scalars(root_dir)[tag]`` was logged
+    (TensorBoard stamps every value when the logger writes it), in the same order."""
+    accumulator = _run_events(root_dir)
+    return {tag: [event.wall_time for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def _run_events(root_dir: Path) -> EventAccumulator:
+    """The loaded ``EventAccumulator`` of the one run under ``root_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dirs = sorted({path.parent for path in root_dir.rglob("events.out.tfevents.*")})
@@ -125,10 +144,7 @@ def read_scalars(root_dir: Path) -> dict[str, list[tuple[int, float]]]:
         raise RuntimeError(f"expected the event files of one run under {root_dir}, found {run_dirs}")
     accumulator = EventAccumulator(str(run_dirs[0]), size_guidance={"scalars": 0})  # 0 = keep all
     accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-    }
+    return accumulator
 
 
 # ---------------------------------------------------------------------------- schedule

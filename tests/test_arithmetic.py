@@ -27,6 +27,14 @@ def test_generator_deterministic_and_seeded():
     assert a.train_questions() is a.train_questions()  # cached
 
 
+def test_smaller_pool_is_a_prefix_of_a_larger_one():
+    # benchmarks/data_budget.py compares pools of num_train questions: nested, same held-out sets
+    small, large = ArithmeticTask(num_train=32), ArithmeticTask(num_train=128)
+    assert small.train_questions() == large.train_questions()[:32]
+    assert small.eval_questions() == large.eval_questions()
+    assert small.critique_eval_set() == large.critique_eval_set()
+
+
 def test_questions_shape(task):
     train, evals = task.train_questions(), task.eval_questions()
     assert len(train) == 2000 and len(evals) == 100
