@@ -272,6 +272,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds per run, round 0 untimed (default: 9; --quick: 5)")
     parser.add_argument("--repeats", type=int, help="runs of each variant, order alternating (default: 2; --quick: 1)")
     parser.add_argument("--update-repeats", type=int, default=5, help="timed replays of the update per dtype")
+    parser.add_argument(
+        "--update-pairs", type=int, default=2, help="alternations of the update with and without prompt sharing (median)"
+    )
     parser.add_argument("--suffix", help="appended to the results' name, e.g. a code variant under test")
     parser.add_argument("--note", default="", help="free text saved with the results, e.g. which sorl code ran")
     parser.add_argument("--critique-pairs", type=int, help="critique_pairs_per_round (default: the config's)")
@@ -331,10 +334,18 @@ def main() -> None:
                 flops = flops_per_update(module.policy, batches)
                 updates[mode] = {"batch": round_shape(batches), **flops}
                 for dtype in ("fp32", "bf16"):
-                    seconds = time_update(module, batches, dtype == "bf16", args.update_repeats)
+                    # the same batches without prompt sharing, alternating with it: the lever's effect
+                    timed = {True: [], False: []}
+                    for share in (True, False) * args.update_pairs:
+                        module.share_prompts = share
+                        timed[share].append(time_update(module, batches, dtype == "bf16", args.update_repeats))
+                    module.share_prompts = True
+                    seconds, unshared = statistics.median(timed[True]), statistics.median(timed[False])
                     achieved = flops["model_flops"] / seconds
                     updates[mode][dtype] = {
                         "seconds": seconds,
+                        "seconds_unshared_prompts": unshared,
+                        "share_prompts_speedup": unshared / seconds,
                         "model_flops_per_s": achieved,
                         "padded_flops_per_s": flops["padded_flops"] / seconds,
                         "util": achieved / peaks[dtype],
@@ -348,9 +359,13 @@ def main() -> None:
          f"{stats[v]['train_padding_share']:.2f}", f"{stats[v]['response_tokens']:.0f}", f"{stats[v]['critique_tokens']:.0f}"]
         for v in variants
     ]
-    update_headers = ["mode", "micro-batches x rows, widest", "dtype", "update s", "model GFLOP/s", "peak GFLOP/s", "util", "padded util"]
+    update_headers = [
+        "mode", "micro-batches x rows, widest", "dtype", "update s", "without prompt sharing s", "sharing speedup",
+        "model GFLOP/s", "peak GFLOP/s", "util", "padded util",
+    ]
     update_rows = [
         [mode, f"{u['batch']['micro_batches']} x {u['batch']['rows'] // u['batch']['micro_batches']}, {u['batch']['width']}", dtype, f"{u[dtype]['seconds']:.3f}",
+         f"{u[dtype]['seconds_unshared_prompts']:.3f}", f"{u[dtype]['share_prompts_speedup']:.2f}x",
          f"{u[dtype]['model_flops_per_s'] / 1e9:.2f}", f"{peaks[dtype] / 1e9:.1f}", f"{u[dtype]['util']:.2%}",
          f"{u[dtype]['padded_util']:.2%}"]
         for mode, u in updates.items() for dtype in ("fp32", "bf16")
@@ -368,6 +383,8 @@ def main() -> None:
         "train_flops_util_bf16": updates["gc_rl"]["bf16"]["util"],
         "g_rl_train_flops_util_fp32": updates["g_rl"]["fp32"]["util"],
         "g_rl_train_flops_util_bf16": updates["g_rl"]["bf16"]["util"],
+        "share_prompts_speedup_bf16": updates["gc_rl"]["bf16"]["share_prompts_speedup"],
+        "g_rl_share_prompts_speedup_bf16": updates["g_rl"]["bf16"]["share_prompts_speedup"],
         "peak_gflops_fp32": peaks["fp32"] / 1e9,
         "peak_gflops_bf16": peaks["bf16"] / 1e9,
         "rounds": rounds,
