@@ -151,6 +151,7 @@ class Setting:
     kv_cache_gib: float | None
     hf_generation_rows: int  # HFEngine's rows per generate call (0 with vLLM or no rollouts)
     vllm_sleep: bool = False  # vLLM's memory is given back to training between rollouts
+    hf_copy_bytes: int = 0  # bytes per parameter of HFEngine(dtype=...)'s sampling copy; 0: none
 
 
 def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> dict[str, int]:
@@ -178,6 +179,7 @@ def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> 
         "rollout_gathered_policy": n * p * (shards - 1) // shards if not setting.vllm
         else 2 * max(arch.vocab_size, arch.intermediate_size) * arch.hidden_size * setting.vllm_param_bytes,
         "hf_kv_cache": setting.hf_generation_rows * setting.sequence_tokens * arch.kv_bytes_per_token(a),
+        "hf_copy": n * setting.hf_copy_bytes,  # kept between rounds, like vLLM's weights
     }
     if setting.fsdp:
         unit = n if not setting.auto_wrap else arch.root_parameters + 2 * arch.layer_parameters
@@ -200,7 +202,7 @@ def plan_memory(arch: Architecture, setting: Setting, gpu_memory_gib: float) -> 
     vllm = parts["vllm_weights"] + parts["vllm_kv_cache"]
     parts["rollout_phase"] = parts["rollout_gathered_policy"] + parts["hf_kv_cache"] + (vllm if setting.vllm_sleep else 0)
     parts["total"] = (
-        parts["parameters"] + parts["optimizer"] + parts["reference"] + (0 if setting.vllm_sleep else vllm)
+        parts["parameters"] + parts["optimizer"] + parts["reference"] + parts["hf_copy"] + (0 if setting.vllm_sleep else vllm)
         + max(parts["training_step"], parts["rollout_phase"])
     )
     return parts

@@ -141,7 +141,10 @@ def setting_from_config(
     max_model_len = engine_args.get("max_model_len") or (arch.max_position_embeddings if vllm else None)
     longest = max_prompt_tokens + critique_prompt_overhead + response + critique
     sequence = min(longest, max_model_len or arch.max_position_embeddings)  # no engine samples past the model's length
-    vllm_dtype = engine_args.get("dtype", "auto")
+    vllm_dtype = engine_args["dtype"] if vllm else "auto"
+    # HFEngine(dtype=...) keeps a copy of the policy in that dtype between rounds
+    hf_dtype = None if vllm else engine_args["dtype"]
+    hf_copy_bytes = DTYPE_BYTES[hf_dtype] if hf_dtype not in (None, model_args["dtype"]) else 0
     setting = Setting(
         world_size=world_size,
         fsdp=fsdp,
@@ -160,6 +163,7 @@ def setting_from_config(
         gpu_memory_utilization=engine_args.get("gpu_memory_utilization", 0.0),
         kv_cache_gib=engine_args.get("kv_cache_gib"),
         hf_generation_rows=0 if vllm else engine_args["max_batch_rows"],
+        hf_copy_bytes=hf_copy_bytes,
         # sleep_mode unset: on where vLLM has it, and this is a plan for GPUs unless the config says CPU
         vllm_sleep=vllm and (engine_args.get("sleep_mode") if engine_args.get("sleep_mode") is not None
                              else trainer.get("accelerator", "auto") != "cpu"),

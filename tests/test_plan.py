@@ -77,7 +77,7 @@ def test_plan_arithmetic_fsdp_per_layer_with_vllm():
         "parameters": 175040, "optimizer": 350080, "reference": 0, "gradients": 175040,
         "gathered_parameters": 552192, "activations_checkpointed": 512000, "activations_full": 1305600,
         "logprobs_full": 1440000, "logprobs_chunked": 288000, "vllm_weights": 350080,
-        "vllm_kv_cache": 536520832, "rollout_gathered_policy": 256000, "hf_kv_cache": 0,
+        "vllm_kv_cache": 536520832, "rollout_gathered_policy": 256000, "hf_kv_cache": 0, "hf_copy": 0,
         "activations": 512000, "logprobs": 288000, "training_step": 1527232, "rollout_phase": 537126912,
         "total": 537652032,
     }
@@ -99,6 +99,16 @@ def test_plan_arithmetic_ddp_without_checkpointing_with_hf_engine():
     assert (parts["gradients"], parts["gathered_parameters"], parts["activations"]) == (1400320, 350080, 1305600)
     assert (parts["hf_kv_cache"], parts["rollout_phase"], parts["vllm_kv_cache"]) == (307200, 307200, 0)
     assert parts["total"] == 5444480
+
+
+def test_plan_counts_the_hf_engine_bf16_copy_between_rounds():
+    """HFEngine(dtype="bfloat16") keeps a bfloat16 copy of the policy (N * 2 = 350080 bytes) for
+    the whole run: the DDP total above plus that copy."""
+    setting = Setting(**{**FSDP_SETTING.__dict__, "world_size": 2, "fsdp": False, "auto_wrap": False,
+                         "gradient_checkpointing": False, "vllm": False, "hf_generation_rows": 8, "hf_copy_bytes": 2})
+    parts = plan_memory(Architecture.from_config(TINY), setting, gpu_memory_gib=1.0)
+    assert parts["hf_copy"] == 350080
+    assert parts["total"] == 5444480 + 350080
 
 
 def _write_config(tmp_path: Path, max_model_len: int) -> str:
