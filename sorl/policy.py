@@ -188,12 +188,14 @@ def _decoder_output(
     """
     caught: list[torch.Tensor] = []
     hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(output[0]))
-    # transformers 5.2x renamed the forward's past_key_values to cache (the old name goes in 5.40)
-    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cached = {}
+    if cache is not None:
+        # transformers 5.2x renamed the forward's past_key_values to cache (the old name goes in 5.40)
+        cached = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
     try:
         model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=cache is not None, logits_to_keep=1, **{cache_argument: cache},
+            use_cache=cache is not None, logits_to_keep=1, **cached,
         )  # fmt: skip
     finally:
         hook.remove()
