@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sorl.callbacks import RewardDenoising, RewardNoise
-from sorl.rollout import Round, Sample
+from sorl.rollout import Round, Sample, assign_advantages, round_sums
 from sorl.engines import Completion, SamplingParams
 from sorl.tasks import ArithmeticTask, CritiqueExample, Question
 
@@ -18,10 +18,10 @@ WRONG = "1+2=3;3*3=8;A:8"
 TRAINER = SimpleNamespace(global_rank=0)
 
 
-def _critique(response: str, text: str, reward: float) -> Sample:
+def _critique(response: str, text: str, reward: float, group: int = 1) -> Sample:
     pair = CritiqueExample(Q, response, TASK.verify(Q, response) >= 1.0)
     verdict = TASK.parse_verdict(text)
-    return Sample("critique", 1, Q, [1], Completion([1], text, "stop"), reward, pair=pair, verdict=verdict)
+    return Sample("critique", group, Q, [1], Completion([1], text, "stop"), reward, pair=pair, verdict=verdict)
 
 
 def _context(refinements: dict[str, list[str]]):
@@ -131,7 +131,7 @@ def test_metrics_and_totals_survive_a_checkpoint():
     }
     callback.on_critiques_scored(TRAINER, context, _round([_critique(WRONG, bad, 1.0)], index=1))
     state = callback.state_dict()
-    assert state == {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2}
+    assert state == {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2, "filtered": 0}
     buffer = io.BytesIO()  # through torch.save / load as in a Lightning checkpoint
     torch.save({"callbacks": {"RewardDenoising": state}}, buffer)
     buffer.seek(0)
@@ -139,7 +139,7 @@ def test_metrics_and_totals_survive_a_checkpoint():
     fresh.load_state_dict(torch.load(buffer, weights_only=True)["callbacks"]["RewardDenoising"])
     assert fresh.state_dict() == state
     fresh.on_critiques_scored(TRAINER, context, _round([_critique(WRONG, good, 1.0)], index=2))
-    assert fresh.state_dict() == {"checked": 4, "refinements": 8, "refinements_right": 6, "rewards_changed": 2}
+    assert fresh.state_dict() == {"checked": 4, "refinements": 8, "refinements_right": 6, "rewards_changed": 2, "filtered": 0}
 
 
 @pytest.mark.parametrize(
@@ -150,11 +150,130 @@ def test_metrics_and_totals_survive_a_checkpoint():
         ({"max_critiques": 0}, "max_critiques"),
         ({"min_scale": 1.5}, "min_scale"),
         ({"min_scale": -0.1}, "min_scale"),
+        ({"action": "drop"}, "action"),
+        ({"keep_share": 1.5}, "keep_share"),
+        ({"keep_share": -0.1}, "keep_share"),
     ],
 )
 def test_invalid_settings_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         RewardDenoising(**kwargs)
+
+
+# ---- action="filter" ---------------------------------------------------------------------------
+
+# Critiques of the wrong response, each with its own text, so that each gets its own refinements.
+FULL, HALF, NONE = (TASK.critique(Q, WRONG) + " " * i for i in range(3))
+FILTER_REFINEMENTS = {FULL: [RIGHT, RIGHT], HALF: [RIGHT, WRONG], NONE: [WRONG, WRONG]}
+
+
+@pytest.mark.parametrize(
+    ("keep_share", "kept"),
+    [(0.5, [FULL, HALF, "V:right"]), (1.0, [FULL, "V:right"]), (0.0, [FULL, HALF, NONE, "V:right"])],
+)
+def test_filter_removes_checked_critiques_below_keep_share(keep_share, kept):
+    context = _context(FILTER_REFINEMENTS)
+    critiques = [_critique(WRONG, FULL, 1.0), _critique(WRONG, HALF, 1.0), _critique(WRONG, NONE, 1.0), _critique(WRONG, "V:right", 0.0)]
+    round_ = _round(list(critiques))
+    RewardDenoising(action="filter", keep_share=keep_share).on_critiques_scored(TRAINER, context, round_)
+    # the same objects, in their order, with their rewards: removed, not rescaled
+    assert [s.completion.text for s in round_.critiques] == kept
+    assert all(any(s is c for c in critiques) for s in round_.critiques)
+    assert [s.reward for s in round_.critiques] == [1.0] * (len(kept) - 1) + [0.0]
+    metrics = dict(round_.metrics)
+    assert metrics.pop("time/denoise") >= 0.0
+    assert metrics == {
+        "denoise/checked": 3.0,
+        "denoise/refinements": 6.0,
+        "denoise/refinement_accuracy": 0.5,
+        "denoise/rewards_changed": 0.0,
+        "denoise/filtered": float(4 - len(kept)),
+    }
+    assert len(context.calls) == 1 and len(context.calls[0].prompts) == 3
+
+
+def test_filtered_critique_gets_no_advantage_where_scaling_gives_a_negative_one():
+    # group 1: a sound critique, a noisy one (both with the right verdict) and two wrong verdicts;
+    # group 2: a noisy critique and one wrong verdict
+    def critiques():
+        return [
+            _critique(WRONG, FULL, 1.0), _critique(WRONG, NONE, 1.0), _critique(WRONG, "V:right", 0.0), _critique(WRONG, "V:right", 0.0),
+            _critique(WRONG, NONE + "  ", 1.0, group=2), _critique(WRONG, "V:right", 0.0, group=2),
+        ]  # fmt: skip
+
+    context = _context(FILTER_REFINEMENTS | {NONE + "  ": [WRONG, WRONG]})
+    scaled, filtered = _round(critiques()), _round(critiques())
+    RewardDenoising(action="scale").on_critiques_scored(TRAINER, context, scaled)
+    RewardDenoising(action="filter").on_critiques_scored(TRAINER, context, filtered)
+    for round_ in (scaled, filtered):
+        assign_advantages(round_, scale_by_std=False)
+    # scaled: the noisy critique's reward 0 sits below its group's mean 1/4
+    assert [(s.group, s.reward, s.advantage) for s in scaled.critiques] == [
+        (1, 1.0, 0.75), (1, 0.0, -0.25), (1, 0.0, -0.25), (1, 0.0, -0.25), (2, 0.0, 0.0), (2, 0.0, 0.0)
+    ]
+    # filtered: gone; its group's baseline is the mean of the other three (1/3), and group 2 is
+    # left with one critique: advantage 0, a zero-std group
+    assert [(s.group, s.completion.text, s.reward) for s in filtered.critiques] == [
+        (1, FULL, 1.0), (1, "V:right", 0.0), (1, "V:right", 0.0), (2, "V:right", 0.0)
+    ]
+    assert [s.advantage for s in filtered.critiques] == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0.0])
+    assert filtered.zero_std_groups == {2}
+    assert filtered.metrics["rollout/frac_zero_std_critique"] == 0.5
+    # answers are untouched
+    assert [s.advantage for s in filtered.responses] == [s.advantage for s in scaled.responses] == [0.5, -0.5]
+
+
+def test_filtered_critiques_leave_reward_noise_and_round_statistics():
+    context = _context({SOUND: [RIGHT, RIGHT], CORRUPTED: [WRONG, WRONG]})
+    round_ = _round([_critique(WRONG, SOUND, 1.0), _critique(WRONG, CORRUPTED, 1.0), _critique(WRONG, "V:right", 0.0)])
+    for callback in (RewardDenoising(action="filter"), RewardNoise()):
+        callback.on_critiques_scored(TRAINER, context, round_)
+    assert round_.metrics["rollout/critique_reward_noise"] == 0.0
+    sums = round_sums(round_)
+    assert sums["rollout/critique_reward"] == (1.0, 2)
+    assert sums["rollout/verdict_parse_failures"] == (0, 2)
+    assert sums["denoise/filtered"] == (1.0, 1)
+
+
+def test_filtered_total_survives_a_checkpoint_and_old_checkpoints_load():
+    context = _context(FILTER_REFINEMENTS)
+    callback = RewardDenoising(action="filter")
+    for index in range(2):
+        callback.on_critiques_scored(TRAINER, context, _round([_critique(WRONG, FULL, 1.0), _critique(WRONG, NONE, 1.0)], index=index))
+    state = callback.state_dict()
+    assert state == {"checked": 4, "refinements": 8, "refinements_right": 4, "rewards_changed": 0, "filtered": 2}
+    fresh = RewardDenoising(action="filter")
+    fresh.load_state_dict(state)
+    assert fresh.state_dict() == state
+    old = {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2}  # saved before "filtered" existed
+    fresh.load_state_dict(old)
+    assert fresh.state_dict() == old | {"filtered": 0}
+
+
+def test_filter_trains_a_round_through_the_data_module(tmp_path):
+    """A real round: sampling, refinements, advantages, batches and the update, with every checked
+    critique whose refinements are not all right removed."""
+    from lightning.pytorch import Trainer
+
+    from sorl import ArithmeticTask, GCRLModule, LabelBalancing, RolloutDataModule
+
+    denoising = RewardDenoising(action="filter", keep_share=1.0)
+    datamodule = RolloutDataModule(
+        ArithmeticTask(num_eval=8), questions_per_round=16, responses_per_question=4, critique_pairs_per_round=4,
+        critiques_per_response=4, batch_size=8,
+    )  # fmt: skip
+    trainer = Trainer(
+        max_epochs=1, reload_dataloaders_every_n_epochs=1, callbacks=[LabelBalancing(), denoising], default_root_dir=tmp_path,
+        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0, logger=False,
+    )  # fmt: skip
+    trainer.fit(GCRLModule(), datamodule)
+    round_ = datamodule.last_round
+    sampled = len(round_.critique_pairs) * 4
+    assert denoising.totals["filtered"] > 0
+    assert len(round_.critiques) == sampled - denoising.totals["filtered"]
+    assert round_.metrics["denoise/filtered"] == denoising.totals["filtered"]
+    assert trainer.global_step >= 1
+    assert round_.critiques  # some are left to train on
 
 
 # ---- RewardNoise -------------------------------------------------------------------------------
