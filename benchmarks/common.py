@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +238,17 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def saved_run(record: Path | None, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The run an earlier invocation saved at ``record``, else ``run()`` saved there (``None``: not
+    saved), so that a long study can be run in pieces; and ``" (reused)"`` or ``""`` to print."""
+    if record is not None and record.exists():
+        return json.loads(record.read_text()), " (reused)"
+    result = run()
+    if record is not None:
+        record.write_text(json.dumps(result, indent=1) + "\n")
+    return result, ""
 
 
 def write_results(

@@ -69,6 +69,7 @@ from common import (
     plt,
     read_wall_times,
     result_name,
+    saved_run,
     run_fit,
     schedule,
     seed_overrides,
@@ -275,13 +276,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sorl-data-budget-") as workdir:
         for seed, (mode, pool) in interleaved(seeds, [(mode, pool) for mode in modes for pool in pools]):
             record = runs_dir / f"{label(mode, pool)}-seed{seed}-rounds{rounds}-every{eval_every}.json"
-            if record.exists():  # finished by an earlier invocation
-                run = json.loads(record.read_text())
-                reused = " (reused)"
-            else:
-                run = run_variant(mode, pool, seed, rounds, eval_every, Path(workdir), args.lock)
-                record.write_text(json.dumps(run, indent=1) + "\n")
-                reused = ""
+            run, reused = saved_run(record, lambda: run_variant(mode, pool, seed, rounds, eval_every, Path(workdir), args.lock))
             runs.append(run)
             print(
                 f"seed {seed} {run['variant']:<18} " + "  ".join(f"{m} {run[m]:.3f}" for m in METRICS)

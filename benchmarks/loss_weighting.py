@@ -47,6 +47,7 @@ from common import (
     plain_table,
     plt,
     result_name,
+    saved_run,
     run_fit,
     schedule,
     seed_overrides,
@@ -98,11 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sorl-loss-weighting-") as workdir:
         for seed, label in interleaved(seeds, list(VARIANTS)):
             saved = runs_dir / f"{label}-seed{seed}-rounds{rounds}.json"
-            if saved.exists():
-                run = json.loads(saved.read_text())
-            else:
-                run = run_variant(label, seed, rounds, Path(workdir), args.lock)
-                saved.write_text(json.dumps(run, indent=1) + "\n")
+            run, _ = saved_run(saved, lambda: run_variant(label, seed, rounds, Path(workdir), args.lock))
             runs.append(run)
             print(f"seed {seed} {label:<10} " + "  ".join(f"{m} {run[m]:.3f}" for m in METRICS) + f"  {run['seconds']:.0f}s", flush=True)
     wall = time.perf_counter() - started

@@ -54,6 +54,7 @@ from common import (
     plain_table,
     plt,
     result_name,
+    saved_run,
     run_fit,
     schedule,
     seed_overrides,
@@ -183,13 +184,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sorl-paper-table-") as workdir:
         for seed, label in interleaved(seeds, list(VARIANTS)):
             record = runs_dir / f"{label}-seed{seed}-rounds{rounds}-every{eval_every}.json"
-            if record.exists():  # finished by an earlier invocation
-                run = json.loads(record.read_text())
-                reused = " (reused)"
-            else:
-                run = run_variant(label, seed, rounds, eval_every, Path(workdir), args.lock)
-                record.write_text(json.dumps(run, indent=1) + "\n")
-                reused = ""
+            run, reused = saved_run(record, lambda: run_variant(label, seed, rounds, eval_every, Path(workdir), args.lock))
             runs.append(run)
             print(
                 f"seed {seed} {label:<12} gen_acc {run['gen_acc']:.3f}  gen_mean_acc {run['gen_mean_acc']:.3f}  "

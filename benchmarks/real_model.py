@@ -115,12 +115,14 @@ def main() -> None:
     critique_set = work / "critique_set.jsonl"
     # --quick: fewer questions everywhere, so that every phase runs at toy size
     eval_size = [f"--task.init_args.eval_size={QUICK_EVAL_SIZE}"] if args.quick else []
-    engine = json.dumps(VLLM_ENGINE) if args.engine == "vllm" else None
+    # the builders take the engine as --engine, sorl fit as the DataModule's
+    engine = [f"--engine={json.dumps(VLLM_ENGINE)}"] if args.engine == "vllm" else []
+    rl_engine = [f"--data.init_args.{argument[2:]}" for argument in engine]
     phases.run("convert", base, [sys.executable, "-m", "sorl.convert", "--output", str(base)])
     phases.run("cold_start_data", cold_data, [
         sys.executable, "-m", "sorl.cold_start", "--config", COLD_START_DATA_CONFIG,
         f"--model={base}", f"--output={cold_data}", *eval_size,
-        *(["--num_questions=16"] if args.quick else []), *([f"--engine={engine}"] if engine else []),
+        *(["--num_questions=16"] if args.quick else []), *engine,
     ])
     phases.run("cold_start_sft", cold_policy, [
         sys.executable, "-m", "sorl", "fit", "--config", SFT_CONFIG,
@@ -130,7 +132,7 @@ def main() -> None:
     ])
     phases.run("critique_set", critique_set, [
         sys.executable, "-m", "sorl.critique_set", "--config", CRITIQUE_SET_CONFIG,
-        f"--model={cold_policy}", f"--output={critique_set}", *eval_size, *([f"--engine={engine}"] if engine else []),
+        f"--model={cold_policy}", f"--output={critique_set}", *eval_size, *engine,
     ])
 
     runs: dict[str, dict[int, FitRun]] = {mode: {} for mode in modes}
@@ -150,7 +152,7 @@ def main() -> None:
                 *seed_overrides(seed), f"--data.init_args.mode={mode}", f"--trainer.max_epochs={rounds}",
                 f"--model.init_args.model={cold_policy}", f"{TASK}.critique_set={critique_set}",
                 *([f"{TASK}.eval_size={QUICK_EVAL_SIZE}"] if args.quick else []),
-                *([f"--data.init_args.engine={engine}"] if engine else []),
+                *rl_engine,
             ]
             if before:  # callbacks/evaluated.yaml without the evaluation before
                 overrides.append(callbacks_override([

@@ -63,6 +63,7 @@ from common import (
     plain_table,
     plt,
     result_name,
+    saved_run,
     run_fit,
     schedule,
     seed_overrides,
@@ -202,12 +203,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sorl-reward-noise-") as workdir:
         for seed, label in interleaved(seeds, labels):
             record = runs_dir / f"{label}-seed{seed}-rounds{rounds}.json" if runs_dir is not None else None
-            if record is not None and record.exists():  # finished by an earlier invocation
-                run, reused = json.loads(record.read_text()), " (reused)"
-            else:
-                run, reused = run_variant(label, seed, rounds, Path(workdir), args.lock), ""
-                if record is not None:
-                    record.write_text(json.dumps(run, indent=1) + "\n")
+            run, reused = saved_run(record, lambda: run_variant(label, seed, rounds, Path(workdir), args.lock))
             runs.append(run)
             filtered = f"  filtered {run['filtered']:.3f}" if "filtered" in run else ""
             print(
