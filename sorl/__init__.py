@@ -1,6 +1,6 @@
 """sorl: second-order rollout RL (GC-RL) for reasoning LLMs on PyTorch Lightning."""
 
-from sorl.callbacks import Evaluation, LabelBalancing, PreemptionCheckpoint, RewardDenoising, RewardNoise, RolloutCallback
+from sorl.callbacks import Evaluation, LabelBalancing, PreemptionCheckpoint, RewardDenoising, RewardNoise, RolloutCallback, RolloutLog
 from sorl.data import RolloutDataModule
 from sorl.engines import HFEngine, RolloutEngine, SamplingParams, VLLMEngine
 from sorl.loss import GRPOLoss, group_advantages
@@ -29,6 +29,7 @@ __all__ = [
     "RewardNoise",
     "RolloutCallback",
     "RolloutContext",
+    "RolloutLog",
     "Round",
     "RolloutDataModule",
     "RolloutEngine",

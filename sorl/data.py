@@ -301,6 +301,8 @@ class RolloutDataModule(LightningDataModule):
             progress.update()
         progress.close()
         assign_advantages(round_, self.scale_rewards_by_std)
+        for callback in callbacks:
+            callback.on_advantages_assigned(trainer, context, round_)
         return round_
 
     def update_cache(self, round_: Round, context: RolloutContext, callbacks: Sequence[RolloutCallback]) -> None:

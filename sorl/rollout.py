@@ -184,5 +184,7 @@ def round_sums(round_: Round) -> dict[str, tuple[float, float]]:
         sums["rollout/critique_reward"] = (sum(s.reward for s in critiques), len(critiques))
         sums["rollout/critique_len"] = (sum(len(s.completion.token_ids) for s in critiques), len(critiques))
         sums["rollout/verdict_parse_failures"] = (sum(s.verdict is None for s in critiques), len(critiques))
+        # a critic drifting to one verdict shows here long before evaluation (labels are balanced)
+        sums["rollout/verdict_wrong_share"] = (sum(s.verdict is False for s in critiques), len(critiques))
     sums.update({name: (value, 1) for name, value in round_.metrics.items()})
     return sums

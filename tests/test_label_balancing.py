@@ -61,3 +61,63 @@ def test_invalid_settings_raise():
         LabelBalancing(pairs_per_label=0)
     with pytest.raises(ValueError, match="target_right_share"):
         LabelBalancing(target_right_share=1.0)
+
+
+def _critiques(advantages_by_label: dict[bool, list[float]]):
+    from sorl.engines import Completion
+    from sorl.rollout import Sample
+
+    question = Question("q", "q", "0")
+    return [
+        Sample("critique", 1 if label else 2, question, [0], Completion([0], "", "stop"), advantage=a, pair=CritiqueExample(question, "r", label))
+        for label, advantages in advantages_by_label.items()
+        for a in advantages
+    ]
+
+
+@pytest.mark.parametrize(
+    ("advantages", "expected", "right_share", "kept"),
+    [
+        # one informative right-labelled group (sum |A| 3), two wrong-labelled ones (sum 6): halved
+        ({True: [1.5, -0.5, -0.5, -0.5], False: [1.0, -1.0, 1.0, -1.0, 0.5, -0.5, 0.5, -0.5]},
+         {True: [1.5, -0.5, -0.5, -0.5], False: [0.5, -0.5, 0.5, -0.5, 0.25, -0.25, 0.25, -0.25]}, 1 / 3, 2 / 3),
+        ({True: [1.0, -1.0], False: [-1.0, 1.0]}, {True: [1.0, -1.0], False: [-1.0, 1.0]}, 0.5, 1.0),  # balanced
+        ({True: [1.0, -1.0], False: [0.0, 0.0]}, {True: [0.0, 0.0], False: [0.0, 0.0]}, 1.0, 0.0),  # one label only
+        ({True: [0.0, 0.0], False: [0.0, 0.0]}, {True: [0.0, 0.0], False: [0.0, 0.0]}, 0.5, 1.0),  # no advantage
+        ({}, {}, 0.5, 1.0),
+    ],
+)
+def test_balance_label_advantages_table(advantages, expected, right_share, kept):
+    from sorl.callbacks.label_balancing import balance_label_advantages
+
+    critiques = _critiques(advantages)
+    assert balance_label_advantages(critiques) == pytest.approx((right_share, kept))
+    got: dict[bool, list[float]] = {}
+    for sample in critiques:
+        got.setdefault(sample.pair.is_right, []).append(sample.advantage)
+    assert got == {label: pytest.approx(values) for label, values in expected.items()}
+
+
+def test_balanced_advantages_reach_the_update(tmp_path):
+    """A real round through the DataModule: the advantages batched for the update are the balanced
+    ones (equal sums of |advantage| per label) and the metrics are logged."""
+    from lightning.pytorch import Trainer
+
+    from sorl import ArithmeticTask, GCRLModule, RolloutDataModule
+
+    datamodule = RolloutDataModule(
+        ArithmeticTask(num_eval=8), questions_per_round=16, responses_per_question=4, critique_pairs_per_round=8,
+        critiques_per_response=4, batch_size=8,
+    )  # fmt: skip
+    trainer = Trainer(
+        max_epochs=1, reload_dataloaders_every_n_epochs=1, callbacks=[LabelBalancing(balance_advantages=True)],
+        default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0, logger=False,
+    )  # fmt: skip
+    trainer.fit(GCRLModule(), datamodule)
+    round_ = datamodule.last_round
+    mass = {label: sum(abs(s.advantage) for s in round_.critiques if s.pair.is_right is label) for label in (True, False)}
+    assert mass[True] == pytest.approx(mass[False]) and mass[True] > 0
+    assert round_.metrics["rollout/critique_advantage_kept"] <= 1.0
+    assert 0.0 <= round_.metrics["rollout/right_advantage_share"] <= 1.0
+    batched = sorted(a for batch in datamodule.make_batches(round_, 0) for a, c in zip(batch["advantages"].tolist(), batch["is_critique"].tolist()) if c)
+    assert batched == pytest.approx(sorted(s.advantage for s in round_.critiques))

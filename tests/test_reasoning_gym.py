@@ -146,6 +146,75 @@ def test_critique_demonstration_format_and_verdict(task):
     assert lenient.solution_demonstration("3 + 4 = 7") == "3 + 4 = 7\nAnswer: 7"
 
 
+def _right_and_wrong(task):
+    """A training question, a right response and a wrong one (its gold answer plus one)."""
+    question = task.train_questions()[0]
+    gold = int(task.entry(question)["answer"])
+    return question, gold, f"Answer: {gold}", f"Answer: {gold + 1}"
+
+
+def test_critique_analysis_is_checked_line_by_line(task):
+    """Own answer verified, the response's answer copied, the verdict the label: only then right."""
+    from sorl.callbacks import StepOracleTask
+
+    assert isinstance(task, StepOracleTask)
+    question, gold, right, wrong = _right_and_wrong(task)
+    check = task.critique_analysis_correct
+    assert check(question, wrong, f"I add them.\nMy answer: {gold}\nResponse answer: {gold + 1}\nVerdict: wrong")
+    assert check(question, right, f"My answer: **{gold}**\nResponse answer: {gold}\nVerdict: right")
+    # the verdict is right but the analysis is not: the critic repeated the response's error
+    assert not check(question, wrong, f"My answer: {gold + 1}\nResponse answer: {gold + 1}\nVerdict: wrong")
+    # a miscopied response answer, and "none" for a response that answers
+    assert not check(question, wrong, f"My answer: {gold}\nResponse answer: {gold + 2}\nVerdict: wrong")
+    assert not check(question, wrong, f"My answer: {gold}\nResponse answer: none\nVerdict: wrong")
+    # "none" is the copy of a response with no answer
+    assert check(question, "no idea", f"My answer: {gold}\nResponse answer: none\nVerdict: wrong")
+    # a wrong verdict, a missing line, a missing verdict
+    assert not check(question, right, f"My answer: {gold}\nResponse answer: {gold}\nVerdict: wrong")
+    assert not check(question, wrong, f"Response answer: {gold + 1}\nVerdict: wrong")
+    assert not check(question, wrong, f"My answer: {gold}\nResponse answer: {gold + 1}")
+    # the last line of each kind counts, as for answers
+    assert check(question, wrong, f"My answer: {gold + 1}\nMy answer: {gold}\nResponse answer: {gold + 1}\nVerdict: wrong")
+
+
+def test_analysis_denoising_zeroes_right_verdicts_through_a_wrong_analysis(task):
+    """RewardDenoising(strategy="analysis") with the reasoning-gym check, no sampling: the critique
+    that repeats the error keeps no reward and so gets a negative advantage in its group."""
+    from types import SimpleNamespace
+
+    from sorl.callbacks import RewardDenoising, RewardNoise
+    from sorl.engines import Completion
+    from sorl.rollout import Round, Sample, assign_advantages
+    from sorl.tasks.base import CritiqueExample
+
+    question, gold, _, wrong = _right_and_wrong(task)
+    pair = CritiqueExample(question, wrong, False)
+    texts = [
+        f"My answer: {gold}\nResponse answer: {gold + 1}\nVerdict: wrong",  # sound
+        f"My answer: {gold + 1}\nResponse answer: {gold + 1}\nVerdict: wrong",  # right verdict, repeated error
+        f"My answer: {gold + 1}\nResponse answer: {gold + 1}\nVerdict: right",  # wrong verdict
+    ]
+    critiques = [
+        Sample("critique", 1, question, [0], Completion([0], text, "stop"), float(task.parse_verdict(text) is False), pair=pair)
+        for text in texts
+    ]
+    round_ = Round(0, [question], critiques=critiques)
+
+    def no_sampling(*args):
+        raise AssertionError("the analysis check samples nothing")
+
+    context = SimpleNamespace(task=task, rank=0, generate=no_sampling)
+    RewardNoise().on_critiques_scored(None, context, round_)
+    assert round_.metrics["rollout/critique_reward_noise"] == 0.5  # one of the two rewarded ones
+    denoising = RewardDenoising(strategy="analysis")
+    denoising.on_critiques_scored(None, context, round_)
+    assert [s.reward for s in round_.critiques] == [1.0, 0.0, 0.0]
+    assert round_.metrics["denoise/analysis_accuracy"] == 0.5 and round_.metrics["denoise/rewards_changed"] == 1.0
+    assert denoising.totals["analyses_right"] == 1 and denoising.totals["refinements"] == 0
+    assign_advantages(round_, scale_by_std=True)
+    assert round_.critiques[1].advantage < 0 < round_.critiques[0].advantage
+
+
 def test_question_of_another_task_is_refused(task):
     with pytest.raises(ValueError, match="not made by a ReasoningGymTask"):
         task.verify(Question("gsm8k-3", "q", "1"), "Answer: 1")

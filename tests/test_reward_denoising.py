@@ -131,7 +131,7 @@ def test_metrics_and_totals_survive_a_checkpoint():
     }
     callback.on_critiques_scored(TRAINER, context, _round([_critique(WRONG, bad, 1.0)], index=1))
     state = callback.state_dict()
-    assert state == {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2, "filtered": 0}
+    assert state == {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2, "filtered": 0, "analyses_right": 0}
     buffer = io.BytesIO()  # through torch.save / load as in a Lightning checkpoint
     torch.save({"callbacks": {"RewardDenoising": state}}, buffer)
     buffer.seek(0)
@@ -139,7 +139,7 @@ def test_metrics_and_totals_survive_a_checkpoint():
     fresh.load_state_dict(torch.load(buffer, weights_only=True)["callbacks"]["RewardDenoising"])
     assert fresh.state_dict() == state
     fresh.on_critiques_scored(TRAINER, context, _round([_critique(WRONG, good, 1.0)], index=2))
-    assert fresh.state_dict() == {"checked": 4, "refinements": 8, "refinements_right": 6, "rewards_changed": 2, "filtered": 0}
+    assert fresh.state_dict() == {"checked": 4, "refinements": 8, "refinements_right": 6, "rewards_changed": 2, "filtered": 0, "analyses_right": 0}
 
 
 @pytest.mark.parametrize(
@@ -241,13 +241,13 @@ def test_filtered_total_survives_a_checkpoint_and_old_checkpoints_load():
     for index in range(2):
         callback.on_critiques_scored(TRAINER, context, _round([_critique(WRONG, FULL, 1.0), _critique(WRONG, NONE, 1.0)], index=index))
     state = callback.state_dict()
-    assert state == {"checked": 4, "refinements": 8, "refinements_right": 4, "rewards_changed": 0, "filtered": 2}
+    assert state == {"checked": 4, "refinements": 8, "refinements_right": 4, "rewards_changed": 0, "filtered": 2, "analyses_right": 0}
     fresh = RewardDenoising(action="filter")
     fresh.load_state_dict(state)
     assert fresh.state_dict() == state
     old = {"checked": 3, "refinements": 6, "refinements_right": 4, "rewards_changed": 2}  # saved before "filtered" existed
     fresh.load_state_dict(old)
-    assert fresh.state_dict() == old | {"filtered": 0}
+    assert fresh.state_dict() == old | {"filtered": 0, "analyses_right": 0}
 
 
 def test_filter_trains_a_round_through_the_data_module(tmp_path):
@@ -326,3 +326,25 @@ def test_reward_noise_needs_a_step_oracle():
     round_ = _round([_critique(WRONG, SOUND, 1.0)])
     with pytest.raises(TypeError, match="critique_analysis_correct"):
         RewardNoise().on_critiques_scored(TRAINER, SimpleNamespace(task=NoOracleTask()), round_)
+
+
+def test_analysis_strategy_needs_a_task_that_checks_analyses():
+    class NoOracleTask:
+        def verify(self, question, response):
+            return 0.0
+
+    round_ = _round([_critique(WRONG, SOUND, 1.0)])
+    with pytest.raises(TypeError, match="critique_analysis_correct"):
+        RewardDenoising(strategy="analysis").on_critiques_scored(TRAINER, SimpleNamespace(task=NoOracleTask(), rank=0), round_)
+
+
+@pytest.mark.parametrize(("action", "rewards"), [("scale", [1.0, 0.0]), ("filter", [1.0])])
+def test_analysis_strategy_uses_the_step_oracle(action, rewards):
+    """The arithmetic task's step oracle as the check: the corrupted analysis loses its reward
+    (scale) or leaves the round (filter); no refinement is sampled."""
+    round_ = _round([_critique(WRONG, SOUND, 1.0), _critique(WRONG, CORRUPTED, 1.0)])
+    context = _context({})  # a refinement prompt would find no scripted answer and fail
+    RewardDenoising(strategy="analysis", action=action).on_critiques_scored(TRAINER, context, round_)
+    assert [s.reward for s in round_.critiques] == rewards
+    assert round_.metrics["denoise/analysis_accuracy"] == 0.5
+    assert "denoise/refinements" not in round_.metrics and context.calls == []

@@ -23,3 +23,7 @@ class RolloutCallback(Callback):
 
     def on_critiques_scored(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
         """After the second-order rollout is scored: ``round.critiques`` hold their rewards."""
+
+    def on_advantages_assigned(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
+        """After the group-relative advantages are assigned, before batching: the last word on
+        what each sample's ``advantage`` is."""

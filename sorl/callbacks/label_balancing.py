@@ -10,7 +10,7 @@ from fractions import Fraction
 from lightning.pytorch import Trainer
 
 from sorl.callbacks.base import RolloutCallback
-from sorl.rollout import Round, RolloutContext
+from sorl.rollout import Round, RolloutContext, Sample
 from sorl.sampler import derive_seed
 from sorl.tasks.base import CritiqueExample
 
@@ -25,6 +25,18 @@ class LabelBalancing(RolloutCallback):
 
     Wrong responses usually outnumber right ones, and an unbalanced critique set biases the critic
     towards ``wrong`` (the paper's first finding). Randomness is seeded per round and rank.
+
+    Balanced pairs do not make a balanced update: only critique groups whose verdicts differ
+    carry advantage, and a critic that is reliable on one label (say, right responses) leaves
+    mostly the other label's groups to learn from. Every such group pushes the verdict towards its
+    label, so the update moves the critic's verdict prior, not its judgement; a small policy then
+    says one verdict whatever it read (README, "A real model"). With ``balance_advantages`` the
+    critiques of the label whose groups carry more advantage (the sum of ``|advantage|``) have
+    their advantages scaled down to the other label's sum, so that the pushes cancel and what is
+    left to learn tells the labels apart; a round whose advantage is all one label's trains no
+    critique. Per rank. Logs ``rollout/right_advantage_share`` (the right-labelled share of the
+    critique advantage before balancing; 0.5 when there is none) and
+    ``rollout/critique_advantage_kept`` (the share of it balancing kept; 1.0 when none).
     """
 
     def __init__(
@@ -32,6 +44,7 @@ class LabelBalancing(RolloutCallback):
         per_question: bool = True,
         pairs_per_label: int = 1,
         target_right_share: float | None = None,
+        balance_advantages: bool = False,
         seed: int = 0,
     ) -> None:
         if pairs_per_label < 1:
@@ -41,6 +54,7 @@ class LabelBalancing(RolloutCallback):
         self.per_question = per_question
         self.pairs_per_label = pairs_per_label
         self.target_right_share = target_right_share
+        self.balance_advantages = balance_advantages
         self.seed = seed
 
     def on_cache_update(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
@@ -51,6 +65,28 @@ class LabelBalancing(RolloutCallback):
         if self.target_right_share is not None:
             pairs = subsample_to_share(pairs, self.target_right_share, rng)
         round.candidates = pairs
+
+    def on_advantages_assigned(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
+        if not self.balance_advantages:
+            return
+        right_share, kept = balance_label_advantages(round.critiques)
+        round.metrics["rollout/right_advantage_share"] = right_share
+        round.metrics["rollout/critique_advantage_kept"] = kept
+
+
+def balance_label_advantages(critiques: list[Sample]) -> tuple[float, float]:
+    """Scales the advantages of the critiques of the label with the larger ``sum |advantage|``
+    down to the other label's sum, in place; returns the right-labelled share of that sum before,
+    and the share of it kept (0.5 and 1.0 when there is none)."""
+    mass = {label: sum(abs(s.advantage) for s in critiques if s.pair.is_right is label) for label in (True, False)}
+    total = mass[True] + mass[False]
+    if total == 0:
+        return 0.5, 1.0
+    target = min(mass.values())
+    for sample in critiques:
+        if mass[sample.pair.is_right] > target:  # the other label's samples (sum 0 or = target) stay
+            sample.advantage *= target / mass[sample.pair.is_right]
+    return mass[True] / total, 2 * target / total
 
 
 def balance_per_question(

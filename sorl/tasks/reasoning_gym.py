@@ -47,6 +47,8 @@ from sorl.tasks.reasoning_gym_scorer import ReasoningGymScorer
 
 #: Characters of a response the answer is read from: the last ones, since the answer ends it.
 MAX_RESPONSE_CHARS = 4096
+#: The lines of a critique in the solve-it-yourself format that state its own answer and the response's.
+MY_ANSWER_PREFIX, RESPONSE_ANSWER_PREFIX = "My answer:", "Response answer:"
 _NUMBER_RE = re.compile(r"-?\d[\d,]{0,64}(?:\.\d{1,32})?")
 
 DEFAULT_ANSWER_TEMPLATE = '{question}\n\nEnd your response with a last line "Answer: <your final answer>".'
@@ -174,6 +176,10 @@ class ReasoningGymTask:
         self.scorer = ReasoningGymScorer(timeout=verify_timeout, memory_limit_mb=memory_limit_mb)
         # The last answer line: prefix (any case), up to 8 blanks, then the rest of the line, bounded.
         self._answer_re = re.compile(re.escape(answer_prefix) + r"[ \t]{0,8}([^\n]{0," + str(max_answer_chars) + "})", re.I)
+        self._my_answer_re, self._response_answer_re = (
+            re.compile(r"^[ \t]{0,8}" + re.escape(prefix) + r"[ \t]{0,8}([^\n]{0," + str(max_answer_chars) + "})", re.I | re.M)
+            for prefix in (MY_ANSWER_PREFIX, RESPONSE_ANSWER_PREFIX)
+        )
         self._entries: dict[str, dict[str, Any]] = {}  # question id -> reasoning-gym entry (question, answer, metadata)
         self._train: list[Question] | None = None
         self._eval: list[Question] | None = None
@@ -251,8 +257,10 @@ class ReasoningGymTask:
         """reasoning-gym's score of the extracted answer against the question's entry (1 or 0
         unless ``partial_credit``); 0 when there is no answer or scoring overran its bound."""
         answer = self.extract_answer(response)
-        if answer is None:
-            return 0.0
+        return 0.0 if answer is None else self.score_answer(question, answer)
+
+    def score_answer(self, question: Question, answer: str) -> float:
+        """:meth:`verify`'s score of an answer already read from a response."""
         split, index = _parse_id(question.id, self.dataset)
         seed, size = self._split(split)
         score = self.scorer.score(self.dataset, self.config, seed, size, index, answer)
@@ -262,6 +270,25 @@ class ReasoningGymTask:
     def parse_verdict(self, critique: str) -> bool | None:
         """The last ``Verdict: right`` / ``Verdict: wrong``; None when absent."""
         return parse_verdict(critique, self.verdict_right, self.verdict_wrong, self.verdict_prefix)
+
+    def critique_analysis_correct(self, question: Question, response: str, critique: str) -> bool:
+        """Whether a critique in the solve-it-yourself format is right throughout: its own answer
+        (the last ``My answer:`` line) scores right, the response's answer it states (the last
+        ``Response answer:`` line) is the one the response gives (``none`` when it gives none),
+        and its verdict is the verifier's label.
+
+        The verdict alone can be right through a wrong analysis: a critic that repeats the
+        response's error as its own answer and still says ``wrong`` earns the critique reward.
+        :class:`~sorl.callbacks.RewardNoise` measures that noise with this check and
+        ``RewardDenoising(strategy="analysis")`` removes it, with no sampling: the critic's own
+        answer is verified like any response.
+        """
+        own, theirs = _last_value(self._my_answer_re, critique), _last_value(self._response_answer_re, critique)
+        if own is None or theirs is None or theirs != (self.extract_answer(response) or "none"):
+            return False
+        if self.parse_verdict(critique) != (self.verify(question, response) >= 1.0):
+            return False
+        return self.score_answer(question, own) >= 1.0
 
     # ---- cold-start demonstrations (sorl.cold_start) ---------------------------------------------
 
@@ -288,8 +315,16 @@ class ReasoningGymTask:
             working = working[: matches[-1].start()]
         theirs = self.extract_answer(response) or "none"
         verdict = self.verdict_right if is_right else self.verdict_wrong
-        lines = [working.strip(), f"My answer: {own}", f"Response answer: {theirs}", f"{self.verdict_prefix} {verdict}"]
+        lines = [working.strip(), f"{MY_ANSWER_PREFIX} {own}", f"{RESPONSE_ANSWER_PREFIX} {theirs}", f"{self.verdict_prefix} {verdict}"]
         return "\n".join(line for line in lines if line)
+
+
+def _last_value(pattern: re.Pattern[str], text: str) -> str | None:
+    """The cleaned value of ``pattern``'s last line in the end of ``text``; None when absent or empty."""
+    match = None
+    for match in pattern.finditer(text[-MAX_RESPONSE_CHARS:]):
+        pass
+    return (_clean(match.group(1)) or None) if match is not None else None
 
 
 def _clean(answer: str) -> str:
