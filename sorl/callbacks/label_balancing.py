@@ -6,6 +6,7 @@ import math
 import random
 from collections import defaultdict
 from fractions import Fraction
+from typing import Literal
 
 from lightning.pytorch import Trainer
 
@@ -28,15 +29,25 @@ class LabelBalancing(RolloutCallback):
 
     Balanced pairs do not make a balanced update: only critique groups whose verdicts differ
     carry advantage, and a critic that is reliable on one label (say, right responses) leaves
-    mostly the other label's groups to learn from. Every such group pushes the verdict towards its
-    label, so the update moves the critic's verdict prior, not its judgement; a small policy then
-    says one verdict whatever it read (README, "A real model"). With ``balance_advantages`` the
-    critiques of the label whose groups carry more advantage (the sum of ``|advantage|``) have
-    their advantages scaled down to the other label's sum, so that the pushes cancel and what is
-    left to learn tells the labels apart; a round whose advantage is all one label's trains no
-    critique. Per rank. Logs ``rollout/right_advantage_share`` (the right-labelled share of the
-    critique advantage before balancing; 0.5 when there is none) and
-    ``rollout/critique_advantage_kept`` (the share of it balancing kept; 1.0 when none).
+    mostly the other label's groups to learn from. Each such group pushes the verdict one way, so
+    the update moves the critic's verdict prior, not its judgement, and a small policy ends up
+    saying one verdict whatever it read (README, "A real model"). ``balance_advantages`` evens the
+    update out after the advantages are assigned (per rank; the larger side is scaled down to the
+    smaller, so a round with one side only trains no critique):
+
+    - ``label``: the critiques of the label whose groups carry more advantage (the sum of
+      ``|advantage|``) get their advantages scaled down to the other label's sum. Logs
+      ``rollout/right_advantage_share`` (the right-labelled share of that sum before; 0.5 when
+      there is none).
+    - ``verdict``: a group's push is the sum of the advantages of its critiques that say
+      ``wrong``; the groups pushing towards ``wrong`` (push > 0) or those pushing towards
+      ``right`` (push < 0), whichever push more in all, are scaled down until the round's pushes
+      cancel: the update leaves the share of each verdict unchanged to first order and can only
+      learn which responses deserve which. Logs ``rollout/wrong_push_share`` (the share of the
+      push towards ``wrong`` before; 0.5 when none).
+
+    Both log ``rollout/critique_advantage_kept``: the share of the balanced quantity kept (1.0
+    when there is none).
     """
 
     def __init__(
@@ -44,9 +55,11 @@ class LabelBalancing(RolloutCallback):
         per_question: bool = True,
         pairs_per_label: int = 1,
         target_right_share: float | None = None,
-        balance_advantages: bool = False,
+        balance_advantages: Literal["label", "verdict"] | None = None,
         seed: int = 0,
     ) -> None:
+        if balance_advantages not in (None, "label", "verdict"):
+            raise ValueError(f"balance_advantages must be 'label', 'verdict' or None, got {balance_advantages!r}")
         if pairs_per_label < 1:
             raise ValueError(f"pairs_per_label must be >= 1, got {pairs_per_label}")
         if target_right_share is not None and not 0.0 < target_right_share < 1.0:
@@ -67,10 +80,12 @@ class LabelBalancing(RolloutCallback):
         round.candidates = pairs
 
     def on_advantages_assigned(self, trainer: Trainer, context: RolloutContext, round: Round) -> None:
-        if not self.balance_advantages:
+        if self.balance_advantages == "label":
+            round.metrics["rollout/right_advantage_share"], kept = balance_label_advantages(round.critiques)
+        elif self.balance_advantages == "verdict":
+            round.metrics["rollout/wrong_push_share"], kept = balance_verdict_advantages(round.critiques)
+        else:
             return
-        right_share, kept = balance_label_advantages(round.critiques)
-        round.metrics["rollout/right_advantage_share"] = right_share
         round.metrics["rollout/critique_advantage_kept"] = kept
 
 
@@ -87,6 +102,28 @@ def balance_label_advantages(critiques: list[Sample]) -> tuple[float, float]:
         if mass[sample.pair.is_right] > target:  # the other label's samples (sum 0 or = target) stay
             sample.advantage *= target / mass[sample.pair.is_right]
     return mass[True] / total, 2 * target / total
+
+
+def balance_verdict_advantages(critiques: list[Sample]) -> tuple[float, float]:
+    """Scales the critique groups whose advantages push towards ``wrong`` (the sum over the
+    group's critiques that say ``wrong``, > 0), or those pushing towards ``right`` (< 0), whichever
+    push more in all, down until the two pushes are equal, in place; returns the share of the push
+    towards ``wrong`` before, and the share of the push kept (0.5 and 1.0 when there is none)."""
+    push: dict[int, float] = defaultdict(float)
+    for sample in critiques:
+        if sample.verdict is False:
+            push[sample.group] += sample.advantage
+    to_wrong = sum(p for p in push.values() if p > 0)
+    to_right = -sum(p for p in push.values() if p < 0)
+    total = to_wrong + to_right
+    if total == 0:
+        return 0.5, 1.0
+    target, larger, sign = (to_right, to_wrong, 1.0) if to_wrong > to_right else (to_wrong, to_right, -1.0)
+    if larger > target:
+        for sample in critiques:
+            if push.get(sample.group, 0.0) * sign > 0:
+                sample.advantage *= target / larger
+    return to_wrong / total, 2 * target / total
 
 
 def balance_per_question(
