@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from common import (
     REPO_ROOT,
     RESULTS_DIR,
@@ -77,12 +79,25 @@ COLD_START_DATA_CONFIG = "configs/cold_start_data/smollm2_reasoning_gym.yaml"
 CRITIQUE_SET_CONFIG = "configs/critique_set/smollm2_reasoning_gym.yaml"
 TASK = "--data.init_args.task.init_args"  # the RL and SFT configs' task settings
 METRICS = ("gen_acc", "crit_acc", "crit_f1", "verdict_wrong_share")
-CURVES = ("rollout/response_reward", "rollout/critique_reward")  # per round
+CURVES = ("rollout/response_reward", "rollout/critique_reward")  # per round, plotted
+# per round, in the JSON too: the sampled critics' verdict share and the raw reward's noise
+LOGGED_CURVES = (*CURVES, "rollout/verdict_wrong_share", "rollout/critique_reward_noise")
 QUICK_EVAL_SIZE = 50  # questions drawn for the held-out set in --quick (about 40 after de-duplication)
 # --engine vllm: vLLM's CPU build (in .venv-vllm) samples every phase (demonstrations, critique set,
 # rollouts, evaluations) in bf16, eager (its default: it starts in seconds)
 VLLM_ENGINE = {"class_path": "sorl.engines.VLLMEngine", "init_args": {"dtype": "bfloat16", "kv_cache_gib": 1.0}}
 ENGINE_NAMES = {"hf": "HFEngine (transformers generate), as configured", "vllm": "VLLMEngine, bf16, eager"}
+
+
+def callbacks_without_evaluation_before() -> list[dict[str, Any]]:
+    """The RL config's callbacks file, its evaluation before training left out (the first run's
+    evaluation before is the cold-started policy's, the same for every run)."""
+    config = REPO_ROOT / RL_CONFIG
+    callbacks = yaml.safe_load((config.parent / yaml.safe_load(config.read_text())["trainer"]["callbacks"]).read_text())
+    for callback in callbacks:
+        if callback["class_path"] == "sorl.Evaluation":
+            callback.setdefault("init_args", {})["before_fit"] = False
+    return callbacks
 
 
 def main() -> None:
@@ -154,11 +169,8 @@ def main() -> None:
                 *([f"{TASK}.eval_size={QUICK_EVAL_SIZE}"] if args.quick else []),
                 *rl_engine,
             ]
-            if before:  # callbacks/evaluated.yaml without the evaluation before
-                overrides.append(callbacks_override([
-                    {"class_path": "sorl.LabelBalancing"},
-                    {"class_path": "sorl.Evaluation", "init_args": {"before_fit": False}},
-                ]))
+            if before:
+                overrides.append(callbacks_override(callbacks_without_evaluation_before()))
             with cpu_lock(args.lock):
                 run = run_fit(RL_CONFIG, overrides, root)
             if not before:
@@ -250,7 +262,7 @@ def report(
         **per_mode,
     }
     curves = {  # the PNG's data: training reward per round, per run
-        f"{mode}_seed{seed}": {tag: run.series(tag) for tag in CURVES if tag in run.scalars}
+        f"{mode}_seed{seed}": {tag: run.series(tag) for tag in LOGGED_CURVES if tag in run.scalars}
         for mode, by_seed in runs.items() for seed, run in by_seed.items()
     }
     payload = {**final, "wall_minutes": wall_minutes, "quick": args.quick, "curves": curves, "machine": machine()}

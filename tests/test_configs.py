@@ -70,7 +70,7 @@ def test_callback_preset_swaps_in(preset):
     cli = build_cli(["--config", str(ROOT / "configs" / "gc_rl.yaml"), "--trainer.callbacks", str(preset)], run=False)
     names = {type(c).__name__ for c in cli.trainer.callbacks}
     assert ("LabelBalancing" in names) == (preset.name != "unbalanced.yaml")
-    assert ("RewardDenoising" in names) == (preset.name == "denoised.yaml")
+    assert ("RewardDenoising" in names) == (preset.name in ("denoised.yaml", "verdict_balanced.yaml"))
 
 
 def _readme_commands() -> list[str]:
