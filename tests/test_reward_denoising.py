@@ -318,24 +318,18 @@ def test_reward_noise_after_denoising_measures_denoised_rewards():
     assert denoised.metrics["rollout/critique_reward_noise"] == 0.0
 
 
-def test_reward_noise_needs_a_step_oracle():
-    class NoOracleTask:
-        def verify(self, question, response):
-            return 0.0
+class NoOracleTask:
+    def verify(self, question, response):
+        return 0.0
 
+
+@pytest.mark.parametrize(
+    "callback", [RewardNoise(), RewardDenoising(strategy="analysis")], ids=["RewardNoise", "RewardDenoising-analysis"]
+)
+def test_analysis_needs_a_task_that_checks_analyses(callback):
     round_ = _round([_critique(WRONG, SOUND, 1.0)])
     with pytest.raises(TypeError, match="critique_analysis_correct"):
-        RewardNoise().on_critiques_scored(TRAINER, SimpleNamespace(task=NoOracleTask()), round_)
-
-
-def test_analysis_strategy_needs_a_task_that_checks_analyses():
-    class NoOracleTask:
-        def verify(self, question, response):
-            return 0.0
-
-    round_ = _round([_critique(WRONG, SOUND, 1.0)])
-    with pytest.raises(TypeError, match="critique_analysis_correct"):
-        RewardDenoising(strategy="analysis").on_critiques_scored(TRAINER, SimpleNamespace(task=NoOracleTask(), rank=0), round_)
+        callback.on_critiques_scored(TRAINER, SimpleNamespace(task=NoOracleTask(), rank=0), round_)
 
 
 @pytest.mark.parametrize(("action", "rewards"), [("scale", [1.0, 0.0]), ("filter", [1.0])])
