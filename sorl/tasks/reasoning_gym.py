@@ -243,13 +243,9 @@ class ReasoningGymTask:
     def extract_answer(self, response: str) -> str | None:
         """The response's final answer: the rest of its last answer line (cleaned of markdown and
         LaTeX wrapping), else with ``last_number`` its last number; None when there is none."""
-        text = response[-MAX_RESPONSE_CHARS:]
-        match = None
-        for match in self._answer_re.finditer(text):
-            pass
-        answer = _clean(match.group(1)) if match is not None else ""
+        answer = _last_value(self._answer_re, response) or ""
         if not answer and self.answer_fallback == "last_number":
-            numbers = _NUMBER_RE.findall(text)
+            numbers = _NUMBER_RE.findall(response[-MAX_RESPONSE_CHARS:])
             answer = numbers[-1] if numbers else ""
         return answer[: self.max_answer_chars] or None
 
@@ -320,7 +316,7 @@ class ReasoningGymTask:
 
 
 def _last_value(pattern: re.Pattern[str], text: str) -> str | None:
-    """The cleaned value of ``pattern``'s last line in the end of ``text``; None when absent or empty."""
+    """The cleaned value of ``pattern``'s last match in the end of ``text``; None when absent or empty."""
     match = None
     for match in pattern.finditer(text[-MAX_RESPONSE_CHARS:]):
         pass
