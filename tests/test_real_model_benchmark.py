@@ -57,3 +57,16 @@ def test_quick_real_model_run_goes_through_every_phase(tmp_path, engine):
     assert any(not torch.equal(base[name].float(), tuned[name].float()) for name in base)
     labels = [json.loads(line)["is_right"] for line in (work / "critique_set.jsonl").read_text().splitlines()]
     assert labels and labels.count(True) == labels.count(False)
+
+    # the critic diagnosis of the cold-started policy: its greedy verdicts are the ones the RL run's
+    # evaluation scored before training, split into the steps of their analysis
+    diagnosis = subprocess.run(
+        [sys.executable, "benchmarks/critic_diagnosis.py", "--policy", f"cold_start={work / 'cold_start_policy'}",
+         "--critique-set", str(work / "critique_set.jsonl"), "--engine", engine, "--results-dir", str(results)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert diagnosis.returncode == 0, (diagnosis.stdout + diagnosis.stderr)[-4000:]
+    shares = json.loads(diagnosis.stdout.strip().splitlines()[-1])["cold_start"]
+    assert shares["critiques"] == len(labels)
+    assert shares["crit_acc"] == pytest.approx(final["crit_acc_before"], abs=1e-6)
+    assert shares["sound"] <= min(shares["crit_acc"], shares["own_right"], shares["copy_right"])

@@ -175,6 +175,8 @@ def test_critique_analysis_is_checked_line_by_line(task):
     assert not check(question, wrong, f"My answer: {gold}\nResponse answer: {gold + 1}")
     # the last line of each kind counts, as for answers
     assert check(question, wrong, f"My answer: {gold + 1}\nMy answer: {gold}\nResponse answer: {gold + 1}\nVerdict: wrong")
+    assert task.critique_answers(f"My answer: {gold + 1}\nMy answer: **{gold}**\nResponse answer: none") == (str(gold), "none")
+    assert task.critique_answers("Verdict: wrong") == (None, None)
 
 
 def test_analysis_denoising_zeroes_right_verdicts_through_a_wrong_analysis(task):

@@ -279,12 +279,17 @@ class ReasoningGymTask:
         ``RewardDenoising(strategy="analysis")`` removes it, with no sampling: the critic's own
         answer is verified like any response.
         """
-        own, theirs = _last_value(self._my_answer_re, critique), _last_value(self._response_answer_re, critique)
+        own, theirs = self.critique_answers(critique)
         if own is None or theirs is None or theirs != (self.extract_answer(response) or "none"):
             return False
         if self.parse_verdict(critique) != (self.verify(question, response) >= 1.0):
             return False
         return self.score_answer(question, own) >= 1.0
+
+    def critique_answers(self, critique: str) -> tuple[str | None, str | None]:
+        """The critic's own answer and the response's answer as a solve-it-yourself critique states
+        them (its last ``My answer:`` and ``Response answer:`` lines); ``None`` where a line is missing."""
+        return _last_value(self._my_answer_re, critique), _last_value(self._response_answer_re, critique)
 
     # ---- cold-start demonstrations (sorl.cold_start) ---------------------------------------------
 
