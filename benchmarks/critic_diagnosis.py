@@ -135,7 +135,7 @@ def main() -> None:
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(SHARES))], SHARES, rotation=20)
     axis.set_ylim(0, 1)
     axis.set_ylabel("share of critiques")
-    axis.legend()
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the bars reach 1
     payload = {"policies": policies, "critique_set": str(args.critique_set), "engine": args.engine, "results": results, "machine": info}
     for path in write_results(args.name, payload, markdown, figure, args.results_dir):
         print(f"wrote {path}")
