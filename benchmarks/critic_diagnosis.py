@@ -17,8 +17,8 @@ critiques:
         --policy gc_rl_seed0=runs/real_model_vllm/rl/gc_rl-seed0/lightning_logs/version_0/hf \\
         --critique-set runs/real_model_vllm/critique_set.jsonl [--engine hf|vllm] [--lock PATH]
 
-The task settings are the RL config's (``configs/smollm2_reasoning_gym.yaml``, ``--config``). The
-policies share one engine (loaded once; each next policy's weights are synced into it), so they
+The task, prompts and critique length are the RL config's (``configs/smollm2_reasoning_gym.yaml``,
+``--config``). The policies share one engine (loaded once; each next policy's weights are synced into it), so they
 must share an architecture and tokenizer. Prints a table and, as its last line, one JSON object
 per policy name; writes ``benchmarks/results/<name>.{json,md,png}`` (``--name``, default
 ``critic_diagnosis``).
@@ -34,9 +34,9 @@ from typing import Any
 import yaml
 
 from common import REPO_ROOT, RESULTS_DIR, add_lock_arg, cpu_lock, machine, machine_markdown, markdown_table, plain_table, plt, write_results
+from real_model import VLLM_ENGINE  # sample as the real-model run does, so that crit_acc is its evaluation's
 
 SHARES = ("crit_acc", "crit_acc_right", "crit_acc_wrong", "own_right", "copy_right", "consistent", "sound")
-VLLM_ENGINE = {"dtype": "bfloat16", "kv_cache_gib": 1.0}
 
 
 def analyse(task: Any, example: Any, critique: str) -> dict[str, bool]:
@@ -62,17 +62,18 @@ def shares(task: Any, examples: list[Any], critiques: list[str]) -> dict[str, fl
     return {key: result[key] for key in SHARES} | {"critiques": len(steps)}
 
 
-def task_from_config(config: Path, critique_set: Path) -> Any:
-    """The RL config's task, reading ``critique_set``."""
+def task_from_config(data: dict[str, Any], critique_set: Path) -> Any:
+    """The RL config's task (``data``: its DataModule's init_args), reading ``critique_set``."""
     from sorl.tasks.reasoning_gym import ReasoningGymTask
 
-    task = yaml.safe_load(config.read_text())["data"]["init_args"]["task"]
+    task = data["task"]
     if task["class_path"] != "sorl.ReasoningGymTask":
-        raise ValueError(f"{config}: the critic diagnosis reads ReasoningGymTask's critique format, not {task['class_path']}")
+        raise ValueError(f"the critic diagnosis reads ReasoningGymTask's critique format, not {task['class_path']}")
     return ReasoningGymTask(**(task["init_args"] | {"critique_set": str(critique_set)}))
 
 
-def critiques_of(policies: dict[str, str], task: Any, engine_name: str, max_new_tokens: int) -> dict[str, list[str]]:
+def critiques_of(policies: dict[str, str], task: Any, data: dict[str, Any], engine_name: str) -> dict[str, list[str]]:
+    """Each policy's greedy critique of every pair, prompted and as long as the RL config's evaluation."""
     from sorl.engines import HFEngine, SamplingParams
     from sorl.policy import load_policy
     from sorl.sampler import model_sampler
@@ -82,17 +83,17 @@ def critiques_of(policies: dict[str, str], task: Any, engine_name: str, max_new_
     if engine_name == "vllm":
         from sorl.engines import VLLMEngine
 
-        engine, dtype = VLLMEngine(**VLLM_ENGINE), "bfloat16"
+        engine, dtype = VLLMEngine(**VLLM_ENGINE["init_args"]), VLLM_ENGINE["init_args"]["dtype"]
     else:
         engine, dtype = HFEngine(), "float32"
     sampler = None
     texts = {}
     for name, folder in policies.items():
         if sampler is None:
-            sampler = model_sampler(folder, engine, dtype, chat_template=True)
+            sampler = model_sampler(folder, engine, dtype, chat_template=data["chat_template"], system_prompt=data["system_prompt"])
         else:
             engine.sync_weights(load_policy(folder, dtype=dtype).eval())
-        completions = sampler.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=max_new_tokens), "critic_diagnosis")
+        completions = sampler.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=data["max_critique_tokens"]), "critic_diagnosis")
         texts[name] = [group[0].text for group in completions]
         print(f"{name}: {len(prompts)} critiques", flush=True)
     return texts
@@ -102,20 +103,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", action="append", required=True, metavar="NAME=FOLDER", help="a policy to diagnose (repeatable)")
     parser.add_argument("--critique-set", type=Path, required=True, help="the balanced critique set (python -m sorl.critique_set)")
-    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs/smollm2_reasoning_gym.yaml", help="the RL config giving the task")
+    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs/smollm2_reasoning_gym.yaml", help="the RL config giving the task, prompts and critique length")
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="transformers generate (float32) or vLLM (bf16)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="critique length (the RL config's max_critique_tokens)")
     parser.add_argument("--name", default="critic_diagnosis", help="results file name")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     add_lock_arg(parser)
     args = parser.parse_args()
     policies = dict(item.split("=", 1) for item in args.policy)
-    task = task_from_config(args.config, args.critique_set)
+    data = yaml.safe_load(args.config.read_text())["data"]["init_args"]
+    task = task_from_config(data, args.critique_set)
     examples = task.critique_eval_set()
     if not examples:
         raise SystemExit(f"{args.critique_set} holds no critique pairs")
     with cpu_lock(args.lock):
-        texts = critiques_of(policies, task, args.engine, args.max_new_tokens)
+        texts = critiques_of(policies, task, data, args.engine)
     results = {name: shares(task, examples, critiques) for name, critiques in texts.items()}
 
     headers = ["policy", *SHARES]
