@@ -96,7 +96,11 @@ class SFTDataModule(LightningDataModule):
 
     Args:
         task: makes demonstrations (e.g. :class:`~sorl.tasks.ArithmeticTask`); used when no file.
-        examples_file: JSONL with ``prompt`` and ``target`` fields per line.
+        examples_file: JSONL with ``prompt`` and ``target`` fields per line (and an optional
+            ``kind``, as ``python -m sorl.cold_start`` writes: ``solution``, ``critique``, ``refinement``).
+        repeats: how many times each example of a kind appears per epoch (a kind not named: once),
+            e.g. ``{critique: 2}`` trains the critiques twice and the solutions once per epoch.
+            Only with ``examples_file``; every kind named must occur in the file.
         num_examples: demonstrations drawn from ``task``.
         critique_share, refinement_share: shares of critique and refinement demonstrations.
         batch_size, max_length: batch shape; longer examples are truncated from the right.
@@ -111,6 +115,7 @@ class SFTDataModule(LightningDataModule):
         self,
         task: DemonstrationTask | None = None,
         examples_file: str | None = None,
+        repeats: dict[str, int] | None = None,
         num_examples: int = 20000,
         critique_share: float = 0.5,
         refinement_share: float = 0.1,
@@ -123,8 +128,13 @@ class SFTDataModule(LightningDataModule):
         super().__init__()
         if (task is None) == (examples_file is None):
             raise ValueError("give exactly one of task and examples_file")
+        if repeats and examples_file is None:
+            raise ValueError("repeats counts the kinds of an examples_file's rows; a task's demonstrations have none")
+        if repeats and any(not isinstance(n, int) or n < 0 for n in repeats.values()):
+            raise ValueError(f"repeats must map kinds to whole numbers >= 0, got {repeats}")
         self.task = task
         self.examples_file = examples_file
+        self.repeats = repeats or {}
         self.num_examples = num_examples
         self.critique_share = critique_share
         self.refinement_share = refinement_share
@@ -139,7 +149,7 @@ class SFTDataModule(LightningDataModule):
         if self.examples:
             return
         if self.examples_file is not None:
-            self.examples = read_examples(self.examples_file)
+            self.examples = read_examples(self.examples_file, self.repeats)
         else:
             self.examples = self.task.sft_examples(
                 self.num_examples, self.seed, self.critique_share, self.refinement_share
@@ -157,8 +167,11 @@ class SFTDataModule(LightningDataModule):
         )
 
 
-def read_examples(path: str) -> list[tuple[str, str]]:
+def read_examples(path: str, repeats: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(prompt, target) pairs of a JSONL file, each row ``repeats[row["kind"]]`` times (default once)."""
+    repeats = repeats or {}
     examples = []
+    kinds: set[str | None] = set()
     with Path(path).open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):
             if not line.strip():
@@ -170,7 +183,11 @@ def read_examples(path: str) -> list[tuple[str, str]]:
                 raise ValueError(f"{path}:{line_number}: expected a JSON object with prompt and target ({error})") from error
             if not isinstance(prompt, str) or not isinstance(target, str) or not target:
                 raise ValueError(f"{path}:{line_number}: prompt and target must be strings, target non-empty")
-            examples.append((prompt, target))
+            kinds.add(row.get("kind"))
+            examples += [(prompt, target)] * repeats.get(row.get("kind"), 1)
+    missing = set(repeats) - kinds
+    if missing:
+        raise ValueError(f"{path}: repeats names kinds that no row has: {sorted(missing)} (the rows' kinds: {sorted(map(str, kinds))})")
     return examples
 
 
