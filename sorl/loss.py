@@ -5,7 +5,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 _AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
@@ -258,13 +257,18 @@ def chunked_logprobs_from_hidden(
 
     The logits are never held for the whole batch: each chunk of ``chunk_size`` token positions
     goes through the output projection, float32 log-softmax (after the temperature), gather and
-    entropy, and autograd keeps only the chunk's inputs (a view of ``hidden``, and ``weight``,
-    which is the parameter itself); the backward recomputes the chunk's logits
-    (``torch.utils.checkpoint``, non-reentrant, so autocast is replayed as it was). Memory kept for
-    backward is thus O(B*T*H) instead of 4*B*T*V bytes (the float32 log-softmax), and a chunk's
-    transient peak is about (16 + bytes of the logits' dtype)*chunk_size*V bytes. Values and gradients are those of the unchunked code up to float
-    summation order (the weight's gradient is a sum over chunks). The cost: one more output
-    projection per chunk in the backward.
+    entropy. When a gradient is needed each chunk is one autograd node (:class:`_ChunkLogprob`)
+    that keeps only the chunk's inputs (a view of ``hidden``, the target ids, and ``weight`` and
+    ``bias``, the parameters themselves); its backward recomputes the chunk's logits in the dtype
+    the forward had (autocast's, when on) and their float32 log-softmax, and goes straight to the
+    logits' gradient, without the entropy or gather's backward. Memory kept for backward is thus
+    O(B*T*H) instead of 4*B*T*V bytes (the float32 log-softmax). The chunks reuse their float32
+    [chunk_size, V] buffers (two in the forward, three in the backward, the latter freed after the
+    last chunk's backward), so the transient peak is at most (12 + bytes of the logits' dtype)
+    *chunk_size*V bytes. Values and gradients are those of the unchunked code up to float
+    summation order (the matmuls', and the weight's gradient is a sum over chunks): the float32
+    arithmetic on each logit is the same. The cost: one more output projection per chunk in the
+    backward.
 
     Args:
         hidden (Tensor): [B, T, H] final hidden states aligned with ``target_ids`` (already shifted).
@@ -283,18 +287,22 @@ def chunked_logprobs_from_hidden(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     batch, length = target_ids.shape
     flat_hidden = hidden.reshape(batch * length, hidden.shape[-1])  # [N, H]
-    flat_targets = target_ids.reshape(batch * length)  # [N]
-    # Checkpoint only where a gradient will be asked for; under no_grad (old/reference logprobs) run plainly.
+    flat_targets = target_ids.reshape(batch * length).long()  # [N]
+    # The autograd node only where a gradient will be asked for; under no_grad (old/reference logprobs) run plainly.
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (flat_hidden, weight, bias)
     )
+    starts = range(0, batch * length, chunk_size)
+    rows = min(chunk_size, batch * length)
+    forward_scratch = _Scratch(rows)  # freed when this returns
+    backward_scratch = _Scratch(rows, uses=len(starts))  # allocated by the first chunk's backward, freed by the last's
     logprobs, entropy = [], []
-    for start in range(0, batch * length, chunk_size):
+    for start in starts:
         args = (flat_hidden[start : start + chunk_size], weight, bias, flat_targets[start : start + chunk_size], temperature)
         if needs_grad:
-            chunk_logprobs, chunk_entropy = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+            chunk_logprobs, chunk_entropy = _ChunkLogprob.apply(*args, forward_scratch, backward_scratch)
         else:
-            chunk_logprobs, chunk_entropy = _chunk_logprobs(*args)
+            chunk_logprobs, chunk_entropy = _chunk_logprobs(*args, forward_scratch)
         logprobs.append(chunk_logprobs)  # [c]
         entropy.append(chunk_entropy)
     if not logprobs:  # no token at all
@@ -303,10 +311,113 @@ def chunked_logprobs_from_hidden(
     return torch.cat(logprobs).view(batch, length), torch.cat(entropy).view(batch, length)
 
 
+class _Scratch:
+    """Float32 [rows, V] buffers that successive chunks reuse, each allocated on first use.
+
+    On CPU a fresh [1024, 49152] float32 tensor costs about 55 ms of page faults, more than the
+    elementwise pass that fills it (about 20 ms), so chunks share their [c, V] buffers instead.
+    ``uses``: the number of chunks whose backward shares them; after the last one they are freed
+    (until the next backward, if the graph is retained).
+    """
+
+    def __init__(self, rows: int, uses: int = 0):
+        self.rows, self.uses, self.left = rows, uses, uses
+        self.buffers: dict[int, Tensor] = {}
+
+    def get(self, slot: int, like: Tensor) -> Tensor:
+        """Buffer ``slot`` as a float32 view of the shape of ``like`` ([c, V], c <= rows)."""
+        if slot not in self.buffers:
+            self.buffers[slot] = like.new_empty((self.rows, like.shape[1]), dtype=torch.float32)
+        return self.buffers[slot][: like.shape[0]]
+
+    def used(self) -> None:
+        """One chunk's backward is done."""
+        self.left -= 1
+        if self.left == 0:
+            self.buffers.clear()
+            self.left = self.uses
+
+
+def _scaled_log_softmax(logits: Tensor, temperature: float, scratch: _Scratch) -> tuple[Tensor, Tensor]:
+    """[c, V] float32 ``log_softmax(logits / temperature)``, bit for bit as
+    :func:`sequence_logprobs_from_logits` computes it (in ``scratch`` slot 1), and the scaled
+    logits (``logits`` itself when float32, else slot 0), which the caller may overwrite."""
+    scaled = logits if logits.dtype == torch.float32 else scratch.get(0, logits).copy_(logits)  # [c, V]
+    if temperature != 1.0:  # x / 1 == x: skip the pass
+        scaled.div_(temperature)
+    return torch.log_softmax(scaled, dim=-1, out=scratch.get(1, logits)), scaled
+
+
 def _chunk_logprobs(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, target_ids: Tensor, temperature: float
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, target_ids: Tensor, temperature: float, scratch: _Scratch
 ) -> tuple[Tensor, Tensor]:
-    """One chunk: [c, H] hidden states, [c] targets -> [c] log-probs and [c] entropy."""
-    logits = F.linear(hidden, weight, bias)  # [c, V], in autocast's dtype when autocast is on
-    logprobs, entropy = sequence_logprobs_from_logits(logits[None], target_ids[None], temperature)  # [1, c]
-    return logprobs[0], entropy[0]
+    """One chunk without autograd: [c, H] hidden states, [c] long targets -> [c] log-probs and [c] entropy."""
+    with torch.no_grad():
+        logits = F.linear(hidden, weight, bias)  # [c, V], in autocast's dtype when autocast is on
+        return _logprobs_from_chunk_logits(logits, target_ids, temperature, scratch)
+
+
+def _logprobs_from_chunk_logits(
+    logits: Tensor, target_ids: Tensor, temperature: float, scratch: _Scratch
+) -> tuple[Tensor, Tensor]:
+    """[c, V] logits (overwritten when float32), [c] long targets -> [c] log-probs and [c]
+    entropy, without autograd: the values of :func:`sequence_logprobs_from_logits` (the same
+    float32 ops), in ``scratch``'s buffers."""
+    logp, scaled = _scaled_log_softmax(logits, temperature, scratch)  # [c, V] float32
+    logprobs = logp.gather(-1, target_ids[:, None]).squeeze(-1)  # [c]
+    plogp = torch.exp(logp, out=scaled).mul_(logp)  # [c, V]
+    return logprobs, -plogp.sum(-1)
+
+
+class _ChunkLogprob(torch.autograd.Function):
+    """One chunk's [c] log-probs and [c] entropy (not differentiable) from [c, H] hidden states.
+
+    Saves only the inputs; the backward recomputes the logits and applies
+    d logprob / d logits = (onehot(target) - softmax(logits / T)) / T times the upstream gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        target_ids: Tensor,
+        temperature: float,
+        forward_scratch: _Scratch,
+        backward_scratch: _Scratch,
+    ) -> tuple[Tensor, Tensor]:
+        logits = F.linear(hidden, weight, bias)  # [c, V], in autocast's dtype when autocast is on
+        # The backward casts to this dtype by hand, whatever autocast state it runs under
+        # (Lightning calls backward outside autocast).
+        ctx.logits_dtype, ctx.temperature, ctx.scratch = logits.dtype, temperature, backward_scratch
+        ctx.save_for_backward(hidden, weight, bias, target_ids)
+        logprobs, entropy = _logprobs_from_chunk_logits(logits, target_ids, temperature, forward_scratch)
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs: Tensor, _grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, bias, target_ids = ctx.saved_tensors
+        dtype, temperature, scratch = ctx.logits_dtype, ctx.temperature, ctx.scratch
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        # Autocast off and explicit casts: the forward's matmul, in its dtype, with the same values.
+        with torch.autocast(hidden.device.type, enabled=False):
+            lowp_hidden, lowp_weight = hidden.to(dtype), weight.to(dtype)
+            lowp_bias = None if bias is None else bias.to(dtype)
+            logits = F.linear(lowp_hidden, lowp_weight, lowp_bias)  # [c, V]
+            logp, scaled = _scaled_log_softmax(logits, temperature, scratch)  # [c, V] float32
+            # gather's backward: the upstream gradient at the target, 0 elsewhere.
+            onehot = scaled.zero_().scatter_(-1, target_ids[:, None], grad_logprobs.float()[:, None])  # [c, V]
+            # The op autograd runs for log_softmax: its exp is not torch.exp's to the last ulp, and
+            # this keeps the gradients bit for bit those of the unchunked path.
+            dlogits = torch._log_softmax_backward_data(onehot, logp, -1, torch.float32, out=scratch.get(2, logits))
+            if temperature != 1.0:
+                dlogits.div_(temperature)  # the backward of / T
+            if dtype != torch.float32:  # as the cast to float32 sends it back, into the logits' buffer
+                dlogits = logits.copy_(dlogits)  # [c, V]
+            grad_hidden = dlogits.mm(lowp_weight).to(hidden.dtype) if needs_hidden else None  # [c, H]
+            grad_weight = dlogits.t().mm(lowp_hidden).to(weight.dtype) if needs_weight else None  # [V, H]
+            grad_bias = dlogits.sum(0).to(bias.dtype) if needs_bias else None  # [V]
+        scratch.used()
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None

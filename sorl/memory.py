@@ -25,7 +25,8 @@ C = the most completion positions of one kind, V vocabulary, L layers, H hidden 
   activations for its recomputation.
 - logprobs: ~(16 + a) bytes per logit while the float32 log-softmax, its gradient and the
   entropy's temporaries live: (16 + a)*B*C*V unchunked, (16 + a)*min(chunk, B*C)*V chunked
-  (``sorl.policy.completion_logprobs``; SFT's loss is unchunked and over all T positions).
+  (``sorl.policy.completion_logprobs``, an upper bound there: its chunks reuse float32 buffers,
+  (12 + a); SFT's loss is unchunked and over all T positions).
 - vLLM (``VLLMEngine``, one engine per rank): with ``kv_cache_gib: null`` it takes
   ``gpu_memory_utilization`` x the GPU (weights, KV cache, its own activations); otherwise its
   weights (N x its dtype) + ``kv_cache_gib`` (its activations and CUDA graphs, ~1-2 GiB, are not

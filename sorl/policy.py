@@ -98,8 +98,8 @@ def completion_logprobs(
     (:func:`~sorl.loss.chunked_logprobs_from_hidden`): nothing of size B*C*V is kept for backward
     (for Qwen2.5-7B's V = 152,064 at 4 x 3,072 completion tokens the unchunked path keeps a 7.5 GB
     float32 log-softmax and peaks near 30 GB; 1024-token chunks peak near 2.8 GB). 1024: on CPU
-    the chunk size (256 to 2048) did not change the time, ~1.3x the unchunked head's (the
-    recomputed projection), and the transient peak grows with it. This needs
+    the chunk size (256 to 2048) did not change the time, and the transient peak grows with it.
+    This needs
     a plain ``nn.Linear`` head and no logit post-processing (:data:`LOGIT_POSTPROCESSING_KEYS`).
     ``chunk_size=None`` calls the model itself with
     ``logits_to_keep`` (its [B, C, V] logits and float32 log-softmax are kept for backward).

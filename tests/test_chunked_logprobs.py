@@ -5,6 +5,8 @@ from collections.abc import Callable, Iterable
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from sorl.loss import chunked_logprobs_from_hidden, sequence_logprobs_from_logits
@@ -139,6 +141,166 @@ def test_helper_saves_nothing_of_size_vocab():
     assert chunked[100] == chunked[4000]
     assert chunked[4000] <= 2 * hidden.numel() * 4  # the hidden states and the target ids, at most
     assert unchunked[4000] - unchunked[100] >= 4 * 4 * 64 * (4000 - 100)
+
+
+# ---------------------------------------------------------------- the custom backward (_ChunkLogprob)
+def _checkpointed_chunks(hidden, weight, bias, targets, temperature, chunk_size):
+    """The implementation before _ChunkLogprob: each chunk under non-reentrant checkpoint, the
+    backward replaying the forward (autocast included) and autograd's own backward of it."""
+
+    def chunk(h, w, b, t):
+        logprobs, entropy = sequence_logprobs_from_logits(F.linear(h, w, b)[None], t[None], temperature)
+        return logprobs[0], entropy[0]
+
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    outputs = [
+        checkpoint(chunk, flat_hidden[i : i + chunk_size], weight, bias, flat_targets[i : i + chunk_size], use_reentrant=False)
+        for i in range(0, flat_targets.numel(), chunk_size)
+    ]
+    return torch.cat([o[0] for o in outputs]).view_as(targets), torch.cat([o[1] for o in outputs]).view_as(targets)
+
+
+def _head_leaves(with_bias: bool, vocab: int = 97, width: int = 16):
+    """[3, 8, H] hidden states, a [V, H] weight and [V] bias (parameters, as a model has them),
+    [3, 8] targets and a non-uniform upstream gradient; V = 97 matches no other dimension."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 8, width, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(vocab, width) * 0.5)
+    bias = torch.nn.Parameter(torch.randn(vocab)) if with_bias else None
+    return hidden, weight, bias, torch.randint(0, vocab, (3, 8)), torch.randn(3, 8)
+
+
+def _grads_after_backward(fn, leaves, upstream):
+    """``fn()``'s values, and the leaves' .grad after ``(logprobs * upstream).sum().backward()``."""
+    for leaf in leaves:
+        leaf.grad = None
+    logprobs, entropy = fn()
+    (logprobs * upstream).sum().backward()
+    return logprobs.detach(), entropy, [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5, 24])  # 4 divides B*T = 24, 5 does not, 24: one chunk
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunk_backward_matches_unchunked(temperature: float, with_bias: bool, chunk_size: int):
+    """Values and the gradients of hidden, weight and bias equal autograd's through the unchunked
+    float32 log-softmax, for a non-uniform upstream gradient."""
+    hidden, weight, bias, targets, upstream = _head_leaves(with_bias)
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    reference, reference_entropy, reference_grads = _grads_after_backward(
+        lambda: sequence_logprobs_from_logits(F.linear(hidden, weight, bias), targets, temperature), leaves, upstream
+    )
+    logprobs, entropy, grads = _grads_after_backward(
+        lambda: chunked_logprobs_from_hidden(hidden, weight, bias, targets, temperature, chunk_size), leaves, upstream
+    )
+    torch.testing.assert_close(logprobs, reference, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(entropy, reference_entropy, atol=1e-6, rtol=1e-5)
+    for name, grad, reference_grad in zip(("hidden", "weight", "bias"), grads, reference_grads):
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, reference_grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_chunk_backward_with_tied_weight_and_frozen_inputs():
+    """The weight also embeds the input ids (tied embeddings): its gradient sums both uses. And a
+    frozen weight or detached hidden states get no gradient while the other input still does."""
+    _, weight, bias, targets, upstream = _head_leaves(with_bias=True)
+    proj = torch.nn.Parameter(torch.randn(16, 16) * 0.3)
+    ids = torch.randint(0, 97, (3, 8))
+    leaves = [weight, bias, proj]
+
+    def run(head):
+        hidden = torch.tanh(F.embedding(ids, weight) @ proj)  # [3, 8, H], through the same weight
+        return head(hidden)
+
+    expected = _grads_after_backward(
+        lambda: run(lambda h: sequence_logprobs_from_logits(F.linear(h, weight, bias), targets, 0.7)), leaves, upstream
+    )
+    actual = _grads_after_backward(
+        lambda: run(lambda h: chunked_logprobs_from_hidden(h, weight, bias, targets, 0.7, chunk_size=5)), leaves, upstream
+    )
+    torch.testing.assert_close(actual[0], expected[0], atol=1e-6, rtol=1e-5)
+    for grad, reference_grad in zip(actual[2], expected[2]):
+        torch.testing.assert_close(grad, reference_grad, atol=1e-5, rtol=1e-5)
+
+    hidden = torch.randn(3, 8, 16, requires_grad=True)
+    frozen = weight.detach()
+    (chunked_logprobs_from_hidden(hidden, frozen, None, targets, 0.7, 5)[0] * upstream).sum().backward()
+    (reference_grad,) = torch.autograd.grad(
+        (sequence_logprobs_from_logits(F.linear(hidden, frozen), targets, 0.7)[0] * upstream).sum(), [hidden]
+    )
+    torch.testing.assert_close(hidden.grad, reference_grad, atol=1e-5, rtol=1e-5)
+    weight.grad = None
+    (chunked_logprobs_from_hidden(hidden.detach(), weight, None, targets, 0.7, 5)[0] * upstream).sum().backward()
+    (reference_grad,) = torch.autograd.grad(
+        (sequence_logprobs_from_logits(F.linear(hidden.detach(), weight), targets, 0.7)[0] * upstream).sum(), [weight]
+    )
+    torch.testing.assert_close(weight.grad, reference_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backward_in_autocast", [False, True])  # Lightning: outside
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunk_backward_under_bf16_autocast_matches_checkpointed(
+    temperature: float, with_bias: bool, backward_in_autocast: bool
+):
+    """Under bf16 autocast over float32 parameters (Lightning's bf16-mixed) the head runs in bf16
+    in the forward and in the backward's recomputation, as the checkpointed implementation did:
+    equal values, equal hidden-state gradients, float32 gradients for float32 inputs. The weight's
+    and bias's gradients differ within bf16 rounding (measured 0.7% of scale): the checkpointed
+    path summed the chunks' bf16 gradients in bf16 (autocast's cached cast of the weight is one
+    autograd node), this one sums them in float32."""
+    hidden, weight, bias, targets, upstream = _head_leaves(with_bias, vocab=500, width=64)
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    results = []
+    for implementation in (_checkpointed_chunks, chunked_logprobs_from_hidden):
+        for leaf in leaves:
+            leaf.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logprobs, entropy = implementation(hidden, weight, bias, targets, temperature, 7)
+            if backward_in_autocast:
+                (logprobs * upstream).sum().backward()
+        if not backward_in_autocast:
+            (logprobs * upstream).sum().backward()
+        results.append((logprobs.detach(), entropy, [leaf.grad for leaf in leaves]))
+    (reference, reference_entropy, reference_grads), (logprobs, entropy, grads) = results
+    assert logprobs.dtype == entropy.dtype == torch.float32
+    torch.testing.assert_close(logprobs, reference, **TOL)
+    torch.testing.assert_close(entropy, reference_entropy, **TOL)
+    for name, grad, reference_grad in zip(("hidden", "weight", "bias"), grads, reference_grads):
+        assert grad.dtype == torch.float32, name
+        _assert_close_to_scale(grad, reference_grad, 1e-6 if name == "hidden" else 2e-2, name)
+
+
+def test_chunk_backward_twice_through_a_retained_graph():
+    """The chunks share their backward buffers, freed after the last chunk's backward: a second
+    backward through the retained graph gives the same gradients."""
+    hidden, weight, bias, targets, upstream = _head_leaves(with_bias=True)
+    logprobs, _ = chunked_logprobs_from_hidden(hidden, weight, bias, targets, 0.7, chunk_size=5)
+    first = torch.autograd.grad((logprobs * upstream).sum(), [hidden, weight, bias], retain_graph=True)
+    second = torch.autograd.grad((logprobs * upstream).sum(), [hidden, weight, bias])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunk_backward_saves_no_vocabulary_sized_tensor(autocast: bool):
+    """Every tensor saved for backward that has a V-sized dimension is the weight or the bias
+    itself (no [c, V] logits or log-softmax, no bf16 copy of the weight)."""
+    hidden, weight, bias, targets, _ = _head_leaves(with_bias=True)
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logprobs, _ = chunked_logprobs_from_hidden(hidden, weight, bias, targets, 0.7, chunk_size=5)
+    assert len(saved) >= 5 * 3  # hidden, weight, bias, targets per chunk (5 chunks)
+    vocabulary_sized = [t for t in saved if 97 in t.shape]
+    assert vocabulary_sized and all(t is weight or t is bias for t in vocabulary_sized)
+    logprobs.sum().backward()  # and the saved inputs suffice for the backward
+    assert weight.grad is not None and bias.grad is not None and hidden.grad is not None
 
 
 # ---------------------------------------------------------------- completion_logprobs on real models
