@@ -36,7 +36,8 @@ reused with its recorded time (``--fresh`` redoes everything).
     python benchmarks/real_model.py [--quick] [--engine hf|vllm] [--seeds 0 1] [--rounds 16] [--modes gc_rl g_rl] [--lock PATH]
 
 ``--quick``: a smoke run of every phase at toy sizes (16 cold-start questions, one SFT epoch,
-40 evaluation questions, 2 rounds, one seed, ``gc_rl`` only): a few minutes on two CPU cores.
+40 evaluation questions, a critique set from 4 samples per question, 2 rounds of 4 questions and
+4 critique pairs, one seed, ``gc_rl`` only): a few minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ CURVES = ("rollout/response_reward", "rollout/critique_reward")  # per round, pl
 # per round, in the JSON too: the sampled critics' verdict share and the raw reward's noise
 LOGGED_CURVES = (*CURVES, "rollout/verdict_wrong_share", "rollout/critique_reward_noise")
 QUICK_EVAL_SIZE = 50  # questions drawn for the held-out set in --quick (about 40 after de-duplication)
+# --quick rounds: half the config's questions and pairs, in micro-batches of 8 so that the config's
+# accumulation still makes one optimizer step a round (32 responses + 16 critiques = 6 x 8)
+QUICK_ROUND = ["--data.init_args.questions_per_round=4", "--data.init_args.critique_pairs_per_round=4", "--data.init_args.batch_size=8"]
 # --engine vllm: vLLM's CPU build (in .venv-vllm) samples every phase (demonstrations, critique set,
 # rollouts, evaluations) in bf16, eager (its default: it starts in seconds)
 VLLM_ENGINE = {"class_path": "sorl.engines.VLLMEngine", "init_args": {"dtype": "bfloat16", "kv_cache_gib": 1.0}}
@@ -148,6 +152,7 @@ def main() -> None:
     phases.run("critique_set", critique_set, [
         sys.executable, "-m", "sorl.critique_set", "--config", CRITIQUE_SET_CONFIG,
         f"--model={cold_policy}", f"--output={critique_set}", *eval_size, *engine,
+        *(["--samples_per_question=4"] if args.quick else []),
     ])
 
     runs: dict[str, dict[int, FitRun]] = {mode: {} for mode in modes}
@@ -166,7 +171,7 @@ def main() -> None:
             overrides = [
                 *seed_overrides(seed), f"--data.init_args.mode={mode}", f"--trainer.max_epochs={rounds}",
                 f"--model.init_args.model={cold_policy}", f"{TASK}.critique_set={critique_set}",
-                *([f"{TASK}.eval_size={QUICK_EVAL_SIZE}"] if args.quick else []),
+                *([f"{TASK}.eval_size={QUICK_EVAL_SIZE}", *QUICK_ROUND] if args.quick else []),
                 *rl_engine,
             ]
             if before:
