@@ -139,3 +139,41 @@ def test_engine_dtype_of_the_policy_samples_the_policy_itself():
     engine = HFEngine(dtype="bfloat16")
     engine.setup(policy, load_tokenizer(None))
     assert engine.policy is policy
+
+
+def test_shared_prompts_run_each_prefill_once_and_sample_the_same():
+    """share_prompts (the default) runs each prompt once for its n samples: no forward sees the
+    n-times repeated prompts. With the same seed it samples what the repeated prompts sample,
+    with the same logprobs up to float rounding, prompts of different lengths (left padding) included."""
+    policy, tokenizer = load_policy(None).eval(), load_tokenizer(None)
+    prompts = _prompts(tokenizer)
+    prompts[1] = prompts[1][:2]  # a short prompt: padded on the left
+    n, sampling = 4, SamplingParams(temperature=1.0, max_new_tokens=24, logprobs=True)
+    shapes: list[tuple[int, int]] = []
+    hook = policy.model.embed_tokens.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    samples = {}
+    for share in (False, True):
+        shapes.clear()
+        engine = HFEngine(share_prompts=share)
+        engine.setup(policy, tokenizer)
+        samples[share] = engine.generate(prompts, n, sampling, seed=5)
+        width = max(map(len, prompts))
+        assert shapes[0] == ((len(prompts), width - 1) if share else (len(prompts) * n, width))
+        assert all(rows == len(prompts) * n and length == 1 for rows, length in shapes[1:])
+    hook.remove()
+    for unshared, shared in zip(samples[False], samples[True]):
+        assert [c.token_ids for c in shared] == [c.token_ids for c in unshared]
+        for a, b in zip(unshared, shared):
+            torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-4, rtol=0)
+    assert len({tuple(c.token_ids) for group in samples[True] for c in group}) > len(prompts)
+
+
+def test_shared_prompts_greedy_gives_n_equal_samples():
+    """n greedy samples of a prompt (generate itself refuses num_return_sequences > 1 when greedy)."""
+    policy, tokenizer = load_policy(None).eval(), load_tokenizer(None)
+    engine = HFEngine()
+    engine.setup(policy, tokenizer)
+    prompts = _prompts(tokenizer)
+    groups = engine.generate(prompts, 3, SamplingParams(greedy=True, max_new_tokens=16))
+    for prompt, group in zip(prompts, groups):
+        assert [c.token_ids for c in group] == [_argmax_decode(policy, prompt, tokenizer.eos_token_id, 16)] * 3

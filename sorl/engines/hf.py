@@ -6,10 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import copy
+import inspect
 
 import torch
 from torch.distributed.fsdp import FSDPModule
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from sorl.engines.base import Completion, SamplingParams
 from sorl.policy import DType
@@ -51,12 +52,21 @@ class HFEngine:
     1.11x (the embedded policy) and 1.02-1.08x (SmolLM2-135M) the float32 tokens per second, side
     by side (SmolLM2 loaded in bfloat16 from disk: 1.20x; autocast over float32 weights: 0.89x and
     1.15x). Buffers (rotary frequencies) stay as they are. Not under FSDP2: there use VLLMEngine.
+
+    ``share_prompts`` (default on) runs each prompt's prefill once and copies its KV cache to its
+    ``n`` samples, instead of letting ``generate`` repeat the prompt ``n`` times: the k responses of
+    a question and, above all, the m critiques of a pair (whose prompts embed a whole response)
+    then cost one prompt each. What is sampled is the same up to float rounding (the prefill runs
+    at another batch size).
     """
 
     samples_policy_modules = True  # generate runs the trained modules themselves (or a copy of them)
 
-    def __init__(self, max_batch_rows: int = 512, max_model_len: int | None = None, dtype: DType | None = None) -> None:
+    def __init__(
+        self, max_batch_rows: int = 512, max_model_len: int | None = None, dtype: DType | None = None, share_prompts: bool = True
+    ) -> None:
         self.max_batch_rows = max_batch_rows  # prompts x samples per generate call, bounds memory
+        self.share_prompts = share_prompts
         # transformers sets no limit itself; past the model's positions its outputs degrade
         self.max_model_len = max_model_len
         self.dtype = dtype
@@ -94,13 +104,14 @@ class HFEngine:
             raise RuntimeError("HFEngine.setup(policy, tokenizer) must be called before generate")
         policy, tokenizer = self.policy, self.tokenizer
         eos_ids = {tokenizer.eos_token_id, *_as_list(policy.generation_config.eos_token_id)} - {None}
+        share = self.share_prompts and n > 1
         config = GenerationConfig(
             do_sample=not sampling.greedy,
             temperature=sampling.temperature if not sampling.greedy else None,
             top_p=sampling.top_p if not sampling.greedy else None,
             top_k=0 if not sampling.greedy else None,
             max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=n,
+            num_return_sequences=1 if share else n,  # shared: the prompts come repeated
             eos_token_id=sorted(eos_ids),
             pad_token_id=tokenizer.pad_token_id,
             # the processed scores (after temperature and top-p) give the sampled tokens' logprobs
@@ -119,10 +130,17 @@ class HFEngine:
                 for start in range(0, len(prompt_ids), prompts_per_call):
                     chunk = prompt_ids[start : start + prompts_per_call]
                     ids, mask = left_pad(chunk, tokenizer.pad_token_id)
+                    ids, mask = ids.to(policy.device), mask.to(policy.device)
+                    call = {}
+                    if share:
+                        if ids.shape[1] > 1:  # all but the last prompt token once per prompt; generate runs the rest
+                            call[_cache_argument(policy)] = _prefill(policy, ids[:, :-1], mask[:, :-1], n)
+                        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
                     out = policy.generate(
-                        input_ids=ids.to(policy.device),
-                        attention_mask=mask.to(policy.device),
+                        input_ids=ids,
+                        attention_mask=mask,
                         generation_config=config,
+                        **call,
                         # transformers turns this on for a module torch's fully_shard manages: every
                         # decode step then all-reduces "finished?" over all ranks, which hangs as soon
                         # as ranks make different numbers of calls (an empty evaluation shard, a rank
@@ -147,6 +165,23 @@ class HFEngine:
         finally:
             policy.train(was_training)
         return results
+
+
+def _prefill(policy: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n: int) -> DynamicCache:
+    """The KV cache of left-padded ``ids`` [P, L], each prompt's rows repeated ``n`` times
+    (``[P * n, ...]``, in ``generate``'s order for ``num_return_sequences``). Positions are counted
+    from each row's first real token, as ``generate`` counts them."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=policy.config)
+    policy(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{_cache_argument(policy): cache})
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
+def _cache_argument(policy: PreTrainedModel) -> str:
+    """The KV cache's argument name: transformers 5.2x renamed ``past_key_values`` to ``cache``
+    (the old name warns there and goes in 6.0); ``generate`` takes the model's name."""
+    return "cache" if "cache" in inspect.signature(policy.forward).parameters else "past_key_values"
 
 
 @contextmanager
