@@ -35,6 +35,10 @@ reused with its recorded time (``--fresh`` redoes everything).
 
     python benchmarks/real_model.py [--quick] [--engine hf|vllm] [--seeds 0 1] [--rounds 16] [--modes gc_rl g_rl] [--lock PATH]
 
+``--set KEY=VALUE ...`` changes the RL runs only (e.g. ``model.init_args.optimizer.init_args.lr=1e-4``)
+and needs ``--suffix NAME``, which names the results (``real_model-NAME``) and the runs' folders, so
+that a probe reuses the work folder's cold start and critique set but never the default runs.
+
 ``--quick``: a smoke run of every phase at toy sizes (16 cold-start questions, one SFT epoch,
 40 evaluation questions, a critique set from 4 samples per question, 2 rounds of 4 questions and
 4 critique pairs, one seed, ``gc_rl`` only): a few minutes on two CPU cores.
@@ -115,13 +119,19 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="redo every phase instead of reusing the work folder's outputs")
     parser.add_argument("--work-dir", type=Path, help="where every artefact goes (default: runs/real_model[-quick])")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results go (default: benchmarks/results)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for the RL runs, e.g. model.init_args.optimizer.init_args.lr=1e-4")
+    parser.add_argument("--suffix", help="appended to the results' name and the RL runs' folders (required with --set)")
     add_lock_arg(parser)
     args = parser.parse_args()
+    if args.set and not args.suffix:
+        parser.error("--set needs --suffix, so that the changed runs are neither reused as nor mistaken for the default ones")
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     modes = args.modes or (["gc_rl"] if args.quick else ["gc_rl", "g_rl"])
     rounds = args.rounds or (2 if args.quick else 16)
-    name = result_name("real_model", args.quick)
-    work = (args.work_dir or REPO_ROOT / "runs" / name).resolve()
+    work = (args.work_dir or REPO_ROOT / "runs" / result_name("real_model", args.quick)).resolve()
+    name = result_name("real_model", args.quick) + (f"-{args.suffix}" if args.suffix else "")
+    run_name = f"-{args.suffix}" if args.suffix else ""
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,8 +169,8 @@ def main() -> None:
     before: dict[str, float | None] = {}  # the cold-started policy's evaluation, made by the first run
     for seed in seeds:
         for mode in modes if seed % 2 == 0 else list(reversed(modes)):
-            root = work / "rl" / f"{mode}-seed{seed}"
-            saved = work / "rl" / f"{mode}-seed{seed}-rounds{rounds}.json"
+            root = work / "rl" / f"{mode}-seed{seed}{run_name}"
+            saved = work / "rl" / f"{mode}-seed{seed}{run_name}-rounds{rounds}.json"
             if saved.exists():  # a finished run of the same length is reused
                 runs[mode][seed] = FitRun(**json.loads(saved.read_text()))
                 before = before or {k: v for k, v in runs[mode][seed].summary.items() if k.endswith("_before")}
@@ -172,7 +182,7 @@ def main() -> None:
                 *seed_overrides(seed), f"--data.init_args.mode={mode}", f"--trainer.max_epochs={rounds}",
                 f"--model.init_args.model={cold_policy}", f"{TASK}.critique_set={critique_set}",
                 *([f"{TASK}.eval_size={QUICK_EVAL_SIZE}", *QUICK_ROUND] if args.quick else []),
-                *rl_engine,
+                *rl_engine, *(f"--{setting}" for setting in args.set),
             ]
             if before:
                 overrides.append(callbacks_override(callbacks_without_evaluation_before()))
@@ -270,7 +280,7 @@ def report(
         f"{mode}_seed{seed}": {tag: run.series(tag) for tag in LOGGED_CURVES if tag in run.scalars}
         for mode, by_seed in runs.items() for seed, run in by_seed.items()
     }
-    payload = {**final, "wall_minutes": wall_minutes, "quick": args.quick, "curves": curves, "machine": machine()}
+    payload = {**final, "set": args.set, "wall_minutes": wall_minutes, "quick": args.quick, "curves": curves, "machine": machine()}
     markdown = "\n\n".join([
         f"# SmolLM2-135M-Instruct: cold start, then RL ({rounds} rounds, seeds {seeds})",
         "Greedy accuracy on the held-out questions (gen_acc) and on the balanced critique set (crit_acc), "
