@@ -170,6 +170,12 @@ def _shared_prompt_hidden(
     return torch.cat([prompt_hidden[row_prompt, -1:], completion_hidden[:, :-1]], dim=1)
 
 
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name of a model's KV cache argument (forward and ``generate``): transformers 5.2x renamed
+    ``past_key_values`` to ``cache`` (the old name is deprecated there)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _decoder_output(
     model: PreTrainedModel,
     input_ids: torch.Tensor,  # [B, L]
@@ -188,10 +194,7 @@ def _decoder_output(
     """
     caught: list[torch.Tensor] = []
     hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(output[0]))
-    cached = {}
-    if cache is not None:
-        # transformers 5.2x renamed the forward's past_key_values to cache (the old name goes in 5.40)
-        cached = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    cached = {cache_argument(model): cache} if cache is not None else {}
     try:
         model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import copy
-import inspect
 
 import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from sorl.engines.base import Completion, SamplingParams
-from sorl.policy import DType
+from sorl.policy import DType, cache_argument
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +133,7 @@ class HFEngine:
                     call = {}
                     if share:
                         if ids.shape[1] > 1:  # all but the last prompt token once per prompt; generate runs the rest
-                            call[_cache_argument(policy)] = _prefill(policy, ids[:, :-1], mask[:, :-1], n)
+                            call[cache_argument(policy)] = _prefill(policy, ids[:, :-1], mask[:, :-1], n)
                         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
                     out = policy.generate(
                         input_ids=ids,
@@ -173,15 +172,9 @@ def _prefill(policy: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n: 
     from each row's first real token, as ``generate`` counts them."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=policy.config)
-    policy(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{_cache_argument(policy): cache})
+    policy(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_argument(policy): cache})
     cache.batch_repeat_interleave(n)
     return cache
-
-
-def _cache_argument(policy: PreTrainedModel) -> str:
-    """The KV cache's argument name: transformers 5.2x renamed ``past_key_values`` to ``cache``
-    (the old name warns there and goes in 6.0); ``generate`` takes the model's name."""
-    return "cache" if "cache" in inspect.signature(policy.forward).parameters else "past_key_values"
 
 
 @contextmanager
