@@ -70,3 +70,11 @@ def test_quick_real_model_run_goes_through_every_phase(tmp_path, engine):
     assert shares["critiques"] == len(labels)
     assert shares["crit_acc"] == pytest.approx(final["crit_acc_before"], abs=1e-6)
     assert shares["sound"] <= min(shares["crit_acc"], shares["own_right"], shares["copy_right"])
+
+
+def test_set_needs_a_suffix(tmp_path):
+    """A probe (--set) must be named apart, or its runs would be reused as the default ones."""
+    command = [sys.executable, "benchmarks/real_model.py", "--work-dir", str(tmp_path), "--set", "model.init_args.optimizer.init_args.lr=1e-4"]
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == 2 and "--set needs --suffix" in process.stderr
+    assert not any(tmp_path.iterdir())  # refused before any phase ran
