@@ -65,6 +65,7 @@ class Clock(Callback):
         self.rounds: list[dict[str, float]] = []
         self._train_tokens = 0
         self._started = 0.0
+        self._first_step = 0
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         round_ = trainer.datamodule.last_round
@@ -79,6 +80,7 @@ class Clock(Callback):
             }
         )
         self._train_tokens = 0
+        self._first_step = trainer.global_step
         _synchronize(pl_module.device)
         self._started = time.perf_counter()
 
@@ -87,7 +89,51 @@ class Clock(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         _synchronize(pl_module.device)
-        self.rounds[-1].update(train_tokens=float(self._train_tokens), train_s=time.perf_counter() - self._started)
+        self.rounds[-1].update(
+            train_tokens=float(self._train_tokens), train_s=time.perf_counter() - self._started,
+            optimizer_steps=float(trainer.global_step - self._first_step),
+        )  # fmt: skip
+
+
+class Profile(Callback):
+    """torch.profiler over a few micro-batches of the last round's training (after its rollouts and
+    two warm micro-batches): the operators that take the most device time and the most host time,
+    written as two tables to ``path``. A few, because profiling a whole round of the 1.5B policy on
+    a GPU outran a 330 s limit."""
+
+    def __init__(self, path: Path, micro_batches: int = 4, skip: int = 2) -> None:
+        self.path, self.micro_batches, self.skip = path, micro_batches, skip
+        self._profiler: torch.profiler.profile | None = None
+        self._profiled = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch != trainer.max_epochs - 1 or batch_idx != self.skip:
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if pl_module.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._profiler = torch.profiler.profile(activities=activities)
+        self._profiler.__enter__()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._profiler is None:
+            return
+        self._profiled += 1
+        if self._profiled == self.micro_batches:
+            self._write(pl_module.device)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if self._profiler is not None:  # a round with fewer micro-batches than the window
+            self._write(pl_module.device)
+
+    def _write(self, device: torch.device) -> None:
+        _synchronize(device)
+        self._profiler.__exit__(None, None, None)
+        averages = self._profiler.key_averages()
+        device_sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        tables = [f"{self._profiled} micro-batches, sorted by {key}\n" + averages.table(sort_by=key, row_limit=30) for key in (device_sort, "self_cpu_time_total")]
+        self.path.write_text("\n\n".join(tables))
+        self._profiler = None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -127,10 +173,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes and rounds (a test of the script itself)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"))
+    parser.add_argument("--profile", action="store_true", help="profile 4 micro-batches of the last round's training into <out>-profile.txt")
     options = parser.parse_args(argv)
     if not options.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device: pass --cpu (and --tiny) to run on the CPU")
     started = time.perf_counter()
+    Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     model_config = TINY if options.tiny else QWEN25_1_5B
     sizes = TINY_ROUND if options.tiny else ROUND
     torch.manual_seed(0)
@@ -146,35 +194,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     fill_cache(datamodule, task, 256)
     clock = Clock()
+    callbacks: list[Callback] = [clock]
+    if options.profile:
+        callbacks.append(Profile(Path(options.out).with_name(Path(options.out).stem + "-profile.txt")))
     with tempfile.TemporaryDirectory(prefix="sorl-gpu-check-") as root:
         trainer = Trainer(
             accelerator="cpu" if options.cpu else "gpu", devices=1,
             strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
             precision="bf16-mixed", max_epochs=options.rounds, reload_dataloaders_every_n_epochs=1,
             limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, callbacks=[clock], default_root_dir=root,
+            enable_progress_bar=False, callbacks=callbacks, default_root_dir=root,
         )  # fmt: skip
         module.export_dir = str(Path(root) / "hf")
         trainer.fit(module, datamodule=datamodule)
     device = torch.device("cpu") if options.cpu else torch.device("cuda", torch.cuda.current_device())
     gpu_gib = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else 0.0
     rounds = clock.rounds
+    num_parameters = sum(p.numel() for p in module.policy.parameters())
     measured = rounds[1:] or rounds  # the first round also warms up kernels and allocators
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "tiny": options.tiny,
         "model": {k: v for k, v in model_config.items()},
-        "num_parameters": sum(p.numel() for p in module.policy.parameters()),
+        "num_parameters": num_parameters,
         "rounds": rounds,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / GIB, 2) if device.type == "cuda" else None,
         "rollout_tokens_per_s": round(sum(r["rollout_tokens"] for r in measured) / sum(r["rollout_s"] for r in measured), 1),
         "train_tokens_per_s": round(sum(r["train_tokens"] for r in measured) / sum(r["train_s"] for r in measured), 1),
+        # the usual model-FLOPs count (6 per parameter per token), without checkpointing's recompute
+        "train_model_tflops_per_s": round(6 * num_parameters * sum(r["train_tokens"] for r in measured) / sum(r["train_s"] for r in measured) / 1e12, 2),
         "plan": plan_estimate(model_config, sizes, gpu_gib or 80.0),
         "wall_s": round(time.perf_counter() - started, 1),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                      "lightning": __import__("lightning").__version__},
     }  # fmt: skip
-    Path(options.out).parent.mkdir(parents=True, exist_ok=True)
     Path(options.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return result

@@ -35,13 +35,15 @@ runpy.run_path("scripts/gpu_check.py", run_name="__main__")
 
 def test_gpu_check_runs_on_cpu_with_tiny_shapes(tmp_path):
     out = tmp_path / "gpu_check.json"
-    command = [sys.executable, "-c", RUN_WITHOUT_EXTRAS, "--cpu", "--tiny", "--out", str(out)]
+    command = [sys.executable, "-c", RUN_WITHOUT_EXTRAS, "--cpu", "--tiny", "--profile", "--out", str(out)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed == json.loads(out.read_text())
     assert len(printed["rounds"]) == 3
-    assert all(r["responses"] > 0 and r["critiques"] > 0 and r["train_tokens"] > 0 for r in printed["rounds"])
-    assert printed["rollout_tokens_per_s"] > 0 and printed["train_tokens_per_s"] > 0
+    assert all(r["responses"] > 0 and r["critiques"] > 0 and r["train_tokens"] > 0 and r["optimizer_steps"] > 0 for r in printed["rounds"])
+    assert printed["rollout_tokens_per_s"] > 0 and printed["train_tokens_per_s"] > 0 and printed["train_model_tflops_per_s"] >= 0
+    profile = (tmp_path / "gpu_check-profile.txt").read_text()
+    assert "sorted by self_cpu_time_total" in profile and "aten::mm" in profile
     assert printed["plan"]["per_gpu_gib"] > 0
     assert printed["peak_memory_gib"] is None  # no CUDA device
