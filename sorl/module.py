@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
+from sorl.batching import bucket_rows
 from sorl.distributed import load_from_rank_zero, meta_copy, shard_policy
 from sorl.evaluation import EvalMetrics
 from sorl.loss import GRPOLoss
@@ -64,6 +65,10 @@ class GCRLModule(LightningModule):
         logprob_chunk_size: completion positions per chunk through the output projection, so that
             no [B, T, vocabulary] float32 logits are kept for backward (see
             :func:`~sorl.policy.completion_logprobs`); ``None`` uses the model's own head at once.
+        length_buckets: at most this many forwards per kind (responses, critiques) in the update,
+            rows of similar completion length together, each trimmed to its own longest row, so
+            short completions are not padded to the longest (:func:`~sorl.batching.bucket_rows`:
+            the cut that runs the fewest positions). 1: one forward per kind. Off under FSDP2.
         export_dir: where ``save_pretrained`` writes the trained policy at the end of fit;
             ``None`` gives ``<log_dir>/hf``.
     """
@@ -81,6 +86,7 @@ class GCRLModule(LightningModule):
         gradient_checkpointing: bool = False,
         share_prompts: bool = True,
         logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE,
+        length_buckets: int = 4,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -94,6 +100,7 @@ class GCRLModule(LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.share_prompts = share_prompts
         self.logprob_chunk_size = logprob_chunk_size
+        self.length_buckets = length_buckets
         self.export_dir = export_dir
         self.tokenizer = load_tokenizer(tokenizer or model, trust_remote_code=trust_remote_code)
         self.policy: torch.nn.Module | None = None
@@ -160,39 +167,41 @@ class GCRLModule(LightningModule):
         """Logprobs and entropy [B, C] of the batch's completion tokens under ``model`` (default: policy).
 
         Responses and critiques have very different prompt and completion lengths, so each kind
-        gets its own forward pass, trimmed to its own padding: padding responses to the width of
-        critique prompts made a GC-RL update cost several times a G-RL one. Not under FSDP2: each
-        forward all-gathers every layer, so every rank must run the same number of forwards, and
-        ranks' micro-batches hold different kinds; there one forward covers the whole micro-batch.
+        gets its own forwards, and within a kind rows of similar completion length go together
+        (at most ``length_buckets`` forwards per kind, :func:`~sorl.batching.bucket_rows`),
+        each forward trimmed to its own padding: padding responses to the width of critique
+        prompts made a GC-RL update cost several times a G-RL one. Not under FSDP2: each forward
+        all-gathers every layer, so every rank must run the same number of forwards, and ranks'
+        micro-batches differ; there one forward covers the whole micro-batch.
         """
         model = model if model is not None else self.policy
         input_ids, attention_mask, completion_ids = batch["input_ids"], batch["attention_mask"], batch["completion_ids"]
-        kinds = [rows for rows in (~batch["is_critique"], batch["is_critique"]) if rows.any()]
         if isinstance(model, FSDPModule):
             return completion_logprobs(model, input_ids, attention_mask, completion_ids, batch["temperature"], self.logprob_chunk_size)
         # transformers drops the KV cache that shared prompts run on under gradient checkpointing
         share = self.share_prompts and not self.gradient_checkpointing
-        if len(kinds) == 1:
+        num_rows, width = completion_ids.shape
+        buckets = bucket_rows(input_ids, attention_mask, width, batch["is_critique"], share, self.length_buckets)
+        if len(buckets) == 1:
             return completion_logprobs(
                 model, input_ids, attention_mask, completion_ids, batch["temperature"], self.logprob_chunk_size, share
             )
-        num_rows, width = completion_ids.shape
         prompt_width = input_ids.shape[1] - width
         logprobs = torch.zeros((num_rows, width), dtype=torch.float32, device=input_ids.device)
         entropy = torch.zeros_like(logprobs)
-        for rows in kinds:
-            index = rows.nonzero()[:, 0]
+        for index in buckets:
+            index = index.to(input_ids.device)
             mask = attention_mask[index]  # [R, P + C]
-            # left padding: the first column any row of this kind uses (0 if none: nothing trimmed)
+            # left padding: the first column any row of this bucket uses (0 if none: nothing trimmed)
             first = int(mask[:, :prompt_width].any(0).long().argmax())
-            kept = max(1, int(mask[:, prompt_width:].sum(-1).max()))  # the longest completion of this kind
+            kept = max(1, int(mask[:, prompt_width:].sum(-1).max()))  # the bucket's longest completion
             end = prompt_width + kept
-            kind_logprobs, kind_entropy = completion_logprobs(
+            bucket_logprobs, bucket_entropy = completion_logprobs(
                 model, input_ids[index, first:end], mask[:, first:end], completion_ids[index, :kept], batch["temperature"],
                 self.logprob_chunk_size, share,
             )
-            logprobs[index, :kept] = kind_logprobs
-            entropy[index, :kept] = kind_entropy
+            logprobs[index, :kept] = bucket_logprobs
+            entropy[index, :kept] = bucket_entropy
         return logprobs, entropy
 
     # ------------------------------------------------------------------ training

@@ -158,3 +158,77 @@ def test_critique_share_is_checked():
 
     with pytest.raises(ValueError, match=r"critique_share must be in \[0, 1\]"):
         RolloutDataModule(ArithmeticTask(), critique_share=1.5)
+
+
+def _bucket_input(prompts: list[list[int]], completion_lengths: list[int], critique: list[bool] | None = None):
+    """Left-padded prompts and right-padded completions (ids 9) as a collated batch would hold them."""
+    prompt_width, width = max(map(len, prompts)), max(completion_lengths)
+    input_ids = torch.zeros((len(prompts), prompt_width + width), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, (prompt, length) in enumerate(zip(prompts, completion_lengths)):
+        input_ids[row, prompt_width - len(prompt) : prompt_width] = torch.tensor(prompt)
+        mask[row, prompt_width - len(prompt) : prompt_width + length] = 1
+        input_ids[row, prompt_width : prompt_width + length] = 9
+    is_critique = torch.tensor(critique if critique is not None else [False] * len(prompts))
+    return input_ids, mask, width, is_critique
+
+
+def _brute_force_cost(prompts, lengths, units, share, max_buckets, overhead):
+    """Least cost over every cut of the units (sorted by longest completion) into <= max_buckets."""
+    import itertools
+
+    units = sorted(units, key=lambda rows: max(lengths[r] for r in rows))
+    best = float("inf")
+    for k in range(1, min(max_buckets, len(units)) + 1):
+        for cuts in itertools.combinations(range(1, len(units)), k - 1):
+            bounds = (0, *cuts, len(units))
+            total = 0
+            for start, end in zip(bounds, bounds[1:]):
+                rows = [r for unit in units[start:end] for r in unit]
+                prompt_rows = (end - start) if share else len(rows)
+                total += prompt_rows * max(len(prompts[r]) for r in rows) + len(rows) * max(lengths[r] for r in rows) + overhead
+            best = min(best, total)
+    return best
+
+
+def _cost(buckets, prompts, lengths, share, overhead):
+    total = 0
+    for bucket in buckets:
+        rows = bucket.tolist()
+        prompt_rows = len({tuple(prompts[r]) for r in rows}) if share else len(rows)
+        total += prompt_rows * max(len(prompts[r]) for r in rows) + len(rows) * max(lengths[r] for r in rows) + overhead
+    return total
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_bucket_rows_is_the_cheapest_cut(share, seed):
+    """bucket_rows partitions each kind's rows into the cut of least positions (checked against
+    every cut), keeping rows of one prompt together when they share it."""
+    from sorl.batching import bucket_rows
+
+    rng = random.Random(seed)
+    groups = [[rng.randrange(3, 70) for _ in range(rng.randrange(1, 6))] for _ in range(rng.randrange(2, 6))]
+    prompts = [group_prompt for group_prompt in groups for _ in range(3)]
+    lengths = [rng.randrange(1, 40) for _ in prompts]
+    input_ids, mask, width, is_critique = _bucket_input(prompts, lengths)
+    buckets = bucket_rows(input_ids, mask, width, is_critique, share, max_buckets=3, bucket_overhead=10)
+    assert sorted(r for b in buckets for r in b.tolist()) == list(range(len(prompts)))
+    units = [[3 * g, 3 * g + 1, 3 * g + 2] for g in range(len(groups))] if share else [[r] for r in range(len(prompts))]
+    if share:  # a group's rows are in one bucket
+        assert all(len({i for i, b in enumerate(buckets) if r in b.tolist()} ) == 1 for r in range(len(prompts)))
+        assert all(any(set(unit) <= set(b.tolist()) for b in buckets) for unit in units)
+    assert len(buckets) <= 3
+    assert _cost(buckets, prompts, lengths, share, 10) == _brute_force_cost(prompts, lengths, units, share, 3, 10)
+
+
+def test_bucket_rows_splits_kinds_and_short_from_long():
+    from sorl.batching import bucket_rows
+
+    prompts = [[5, 6]] * 4 + [[7] * 30] * 2
+    lengths = [2, 3, 2, 40, 5, 6]
+    input_ids, mask, width, is_critique = _bucket_input(prompts, lengths, [False] * 4 + [True] * 2)
+    buckets = bucket_rows(input_ids, mask, width, is_critique, share_prompts=False, max_buckets=4, bucket_overhead=8)
+    assert [b.tolist() for b in buckets] == [[0, 1, 2], [3], [4, 5]]
+    one = bucket_rows(input_ids, mask, width, is_critique, share_prompts=False, max_buckets=1)
+    assert [b.tolist() for b in one] == [[0, 1, 2, 3], [4, 5]]  # one forward per kind

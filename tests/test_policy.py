@@ -155,3 +155,38 @@ def test_module_forward_per_kind_matches_one_padded_forward(tiny_policy_dir):
         gradients.append([p.grad.clone() for p in module.policy.parameters()])
     for a, b in zip(*gradients):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_module_length_buckets_match_one_forward_per_kind_in_fewer_positions(tiny_policy_dir):
+    """Rows of similar completion length in their own forwards (length_buckets): the same logprobs
+    and gradient as one forward per kind, with fewer positions run through the decoder."""
+    from sorl.module import GCRLModule
+
+    samples = []
+    for group, (prompt, lengths) in enumerate([([5, 6, 7], [2, 3, 2]), ([8, 9], [3, 2, 2]), ([4] * 6, [100, 98, 101])]):
+        for row, length in enumerate(lengths):
+            completion = [10 + (group + row + t) % 20 for t in range(length - 1)] + [1]
+            samples.append(_sample(prompt, completion, advantage=(-1.0) ** row))
+    batch = collate(samples, pad_id=0, temperature=0.7, mask_truncated=False)
+    mask = batch["completion_mask"].bool()
+    results = {}
+    for length_buckets in (1, 4):
+        for share_prompts in (False, True):
+            torch.manual_seed(0)
+            module = GCRLModule(model=tiny_policy_dir, length_buckets=length_buckets, share_prompts=share_prompts)
+            module.configure_model()
+            positions = []
+            hook = module.policy.get_decoder().register_forward_pre_hook(
+                lambda m, args, kwargs: positions.append(kwargs["input_ids"].numel()), with_kwargs=True
+            )
+            logprobs, _ = module.completion_logprobs(batch)
+            hook.remove()
+            loss, _ = GRPOLoss()(logprobs, logprobs.detach(), batch["advantages"], batch["completion_mask"])
+            loss.backward()
+            results[length_buckets, share_prompts] = (logprobs, [p.grad for p in module.policy.parameters()], sum(positions))
+    for share_prompts in (False, True):
+        one, bucketed = results[1, share_prompts], results[4, share_prompts]
+        torch.testing.assert_close(bucketed[0][mask], one[0][mask], atol=1e-5, rtol=1e-5)
+        for a, b in zip(bucketed[1], one[1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        assert bucketed[2] < one[2]  # the short groups are no longer padded to 101 tokens
