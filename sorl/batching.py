@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch.utils.data import IterableDataset
@@ -289,39 +289,54 @@ def bucket_rows(
         members: dict[int, list[int]] = {}
         for position, unit in enumerate(unit_of_row):
             members.setdefault(unit, []).append(int(index[position]))
-        # (rows, prompt units, longest prompt, longest completion), by longest completion
         units = sorted(
-            ([rows_, 1, max(prompt_lengths[r] for r in rows_), max(completion_lengths[r] for r in rows_)] for rows_ in members.values()),
-            key=lambda unit: unit[3],
+            (
+                _Unit(rows_, 1, max(prompt_lengths[r] for r in rows_), max(completion_lengths[r] for r in rows_))
+                for rows_ in members.values()
+            ),
+            key=lambda unit: unit.completion,
         )
         units = _merge_neighbours(units, max_units)
         for start, end in _best_cut(units, share_prompts, max_buckets, bucket_overhead):
-            buckets.append(torch.tensor(sorted(r for unit in units[start:end] for r in unit[0]), dtype=torch.long, device=index.device))
+            rows_ = sorted(r for unit in units[start:end] for r in unit.rows)
+            buckets.append(torch.tensor(rows_, dtype=torch.long, device=index.device))
     return buckets
 
 
-def _merge_neighbours(units: list[list[Any]], max_units: int) -> list[list[Any]]:
+class _Unit(NamedTuple):
+    """Rows that go into one bucket together (a row, or a group sharing its prompt)."""
+
+    rows: list[int]
+    prompts: int  # distinct prompts among them
+    prompt: int  # longest prompt
+    completion: int  # longest completion
+
+
+def _merge_neighbours(units: list[_Unit], max_units: int) -> list[_Unit]:
     """At most ``max_units`` units, consecutive ones merged (equal numbers of them per merge)."""
     if len(units) <= max_units:
         return units
     merged = []
     for part in range(max_units):
         chunk = units[part * len(units) // max_units : (part + 1) * len(units) // max_units]
-        merged.append([[r for unit in chunk for r in unit[0]], sum(u[1] for u in chunk), max(u[2] for u in chunk), max(u[3] for u in chunk)])
+        merged.append(_Unit(
+            [r for unit in chunk for r in unit.rows], sum(u.prompts for u in chunk),
+            max(u.prompt for u in chunk), max(u.completion for u in chunk),
+        ))  # fmt: skip
     return merged
 
 
-def _best_cut(units: list[list[Any]], share_prompts: bool, max_buckets: int, overhead: int) -> list[tuple[int, int]]:
+def _best_cut(units: list[_Unit], share_prompts: bool, max_buckets: int, overhead: int) -> list[tuple[int, int]]:
     """The contiguous [start, end) segments of ``units`` (at most ``max_buckets``) of least cost."""
     count = len(units)
     segment_cost = [[0] * (count + 1) for _ in range(count + 1)]  # [start][end]
     for start in range(count):
         rows = prompt_rows = prompt = completion = 0
         for end in range(start + 1, count + 1):
-            unit_rows, unit_prompts, unit_prompt, unit_completion = units[end - 1]
-            rows += len(unit_rows)
-            prompt_rows += unit_prompts if share_prompts else len(unit_rows)
-            prompt, completion = max(prompt, unit_prompt), max(completion, unit_completion)
+            unit = units[end - 1]
+            rows += len(unit.rows)
+            prompt_rows += unit.prompts if share_prompts else len(unit.rows)
+            prompt, completion = max(prompt, unit.prompt), max(completion, unit.completion)
             segment_cost[start][end] = prompt_rows * prompt + rows * completion + overhead
     # best[k][end]: least cost of units[:end] in k segments; choice[k][end]: where the last starts
     best = [[0] + [float("inf")] * count]

@@ -232,3 +232,18 @@ def test_bucket_rows_splits_kinds_and_short_from_long():
     assert [b.tolist() for b in buckets] == [[0, 1, 2], [3], [4, 5]]
     one = bucket_rows(input_ids, mask, width, is_critique, share_prompts=False, max_buckets=1)
     assert [b.tolist() for b in one] == [[0, 1, 2, 3], [4, 5]]  # one forward per kind
+
+
+def test_bucket_rows_merges_neighbours_beyond_max_units():
+    """With more units than max_units, neighbours (by completion length) are merged first: still a
+    partition, ordered by length, and no dearer than one forward."""
+    from sorl.batching import bucket_rows
+
+    lengths = list(range(1, 41))
+    prompts = [[5, 6]] * len(lengths)
+    input_ids, mask, width, is_critique = _bucket_input(prompts, lengths)
+    buckets = bucket_rows(input_ids, mask, width, is_critique, share_prompts=False, max_buckets=4, bucket_overhead=0, max_units=8)
+    assert sorted(r for b in buckets for r in b.tolist()) == list(range(len(lengths)))
+    assert len(buckets) == 4 and all(max(a.tolist()) < min(b.tolist()) for a, b in zip(buckets, buckets[1:]))
+    assert all(len(b) % 5 == 0 for b in buckets)  # whole merged units of 5 rows
+    assert _cost(buckets, prompts, lengths, False, 0) < _cost([torch.arange(len(lengths))], prompts, lengths, False, 0)
