@@ -270,17 +270,15 @@ def bucket_rows(
     their prompt once: a bucket costs units x prompt + rows x completion; without, rows x (prompt
     + completion).
     """
+    kinds = [rows.nonzero()[:, 0] for rows in (~is_critique, is_critique)]
+    kinds = [index for index in kinds if len(index)]
+    if max_buckets <= 1:
+        return kinds
     prompt_width = input_ids.shape[1] - completion_width
     prompt_lengths = attention_mask[:, :prompt_width].sum(-1).tolist()  # [B]
     completion_lengths = attention_mask[:, prompt_width:].sum(-1).tolist()  # [B]
     buckets: list[torch.Tensor] = []
-    for rows in (~is_critique, is_critique):
-        index = rows.nonzero()[:, 0]
-        if len(index) == 0:
-            continue
-        if max_buckets <= 1:
-            buckets.append(index)
-            continue
+    for index in kinds:
         if share_prompts:
             prompts = torch.cat([input_ids[index, :prompt_width], attention_mask[index, :prompt_width]], dim=1)
             unit_of_row = torch.unique(prompts, dim=0, return_inverse=True)[1].tolist()

@@ -190,7 +190,6 @@ class GCRLModule(LightningModule):
         logprobs = torch.zeros((num_rows, width), dtype=torch.float32, device=input_ids.device)
         entropy = torch.zeros_like(logprobs)
         for index in buckets:
-            index = index.to(input_ids.device)
             mask = attention_mask[index]  # [R, P + C]
             # left padding: the first column any row of this bucket uses (0 if none: nothing trimmed)
             first = int(mask[:, :prompt_width].any(0).long().argmax())
