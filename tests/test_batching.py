@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from sorl.batching import length_grouped, round_batches
+from sorl.batching import bucket_rows, length_grouped, round_batches
 from sorl.engines import Completion
 from sorl.loss import GRPOLoss
 from sorl.rollout import Sample
@@ -205,8 +205,6 @@ def _cost(buckets, prompts, lengths, share, overhead):
 def test_bucket_rows_is_the_cheapest_cut(share, seed):
     """bucket_rows partitions each kind's rows into the cut of least positions (checked against
     every cut), keeping rows of one prompt together when they share it."""
-    from sorl.batching import bucket_rows
-
     rng = random.Random(seed)
     groups = [[rng.randrange(3, 70) for _ in range(rng.randrange(1, 6))] for _ in range(rng.randrange(2, 6))]
     prompts = [group_prompt for group_prompt in groups for _ in range(3)]
@@ -222,8 +220,6 @@ def test_bucket_rows_is_the_cheapest_cut(share, seed):
 
 
 def test_bucket_rows_splits_kinds_and_short_from_long():
-    from sorl.batching import bucket_rows
-
     prompts = [[5, 6]] * 4 + [[7] * 30] * 2
     lengths = [2, 3, 2, 40, 5, 6]
     input_ids, mask, width, is_critique = _bucket_input(prompts, lengths, [False] * 4 + [True] * 2)
@@ -236,8 +232,6 @@ def test_bucket_rows_splits_kinds_and_short_from_long():
 def test_bucket_rows_merges_neighbours_beyond_max_units():
     """With more units than max_units, neighbours (by completion length) are merged first: still a
     partition, ordered by length, and no dearer than one forward."""
-    from sorl.batching import bucket_rows
-
     lengths = list(range(1, 41))
     prompts = [[5, 6]] * len(lengths)
     input_ids, mask, width, is_critique = _bucket_input(prompts, lengths)
